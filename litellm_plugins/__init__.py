@@ -1,0 +1,2 @@
+from thrifty import f
+x: str = f()

@@ -1,0 +1,2 @@
+"""thrifty core."""
+def f() -> int: return 1

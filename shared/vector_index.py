@@ -1,0 +1,136 @@
+"""Nearest-neighbour search over the vectors of one scope.
+
+Most scopes are small (one conversation, one system prompt): an exact search over a numpy
+matrix answers them in microseconds and is always right. A scope that grows past
+``hnsw_threshold`` entries moves to an HNSW graph (usearch), which answers in well under a
+millisecond at a million entries. The interface is the same either way.
+
+Vectors are L2-normalised, so cosine similarity is a dot product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+
+HNSW_THRESHOLD = 8192
+
+
+class VectorIndex:
+    """Vectors keyed by entry id, searchable by cosine similarity. Not thread-safe: the store
+    that owns it serialises access."""
+
+    def __init__(self, dim: int, *, hnsw_threshold: int = HNSW_THRESHOLD) -> None:
+        self.dim = dim
+        self.hnsw_threshold = hnsw_threshold
+        self._matrix: npt.NDArray[np.float32] = np.empty((16, dim), dtype=np.float32)
+        self._ids: list[str] = []
+        self._row_of: dict[str, int] = {}
+        self._hnsw: _Hnsw | None = None
+
+    def __len__(self) -> int:
+        return len(self._hnsw) if self._hnsw is not None else len(self._ids)
+
+    def add(self, entry_id: str, vector: Vector) -> None:
+        """Add or replace the vector of ``entry_id``."""
+        if vector.shape != (self.dim,):
+            raise ValueError(f"vector of shape {vector.shape} in an index of dimension {self.dim}")
+        if self._hnsw is not None:
+            self._hnsw.add(entry_id, vector)
+            return
+        row = self._row_of.get(entry_id)
+        if row is None:
+            row = len(self._ids)
+            if row == len(self._matrix):
+                grown = np.empty((2 * len(self._matrix), self.dim), dtype=np.float32)
+                grown[:row] = self._matrix[:row]
+                self._matrix = grown
+            self._ids.append(entry_id)
+            self._row_of[entry_id] = row
+        self._matrix[row] = vector
+        if len(self._ids) >= self.hnsw_threshold:
+            self._promote()
+
+    def remove(self, entry_id: str) -> None:
+        """Forget ``entry_id`` (no error if absent)."""
+        if self._hnsw is not None:
+            self._hnsw.remove(entry_id)
+            return
+        row = self._row_of.pop(entry_id, None)
+        if row is None:
+            return
+        last = len(self._ids) - 1
+        if row != last:  # move the last row into the hole
+            moved = self._ids[last]
+            self._matrix[row] = self._matrix[last]
+            self._ids[row] = moved
+            self._row_of[moved] = row
+        self._ids.pop()
+
+    def search(self, vector: Vector, k: int) -> list[tuple[str, float]]:
+        """Up to ``k`` (entry id, cosine similarity) pairs, most similar first."""
+        if self._hnsw is not None:
+            return self._hnsw.search(vector, k)
+        n = len(self._ids)
+        if n == 0:
+            return []
+        scores = self._matrix[:n] @ vector
+        if k >= n:
+            order = np.argsort(-scores)
+        else:
+            top = np.argpartition(-scores, k)[:k]
+            order = top[np.argsort(-scores[top])]
+        return [(self._ids[i], float(scores[i])) for i in order]
+
+    def _promote(self) -> None:
+        hnsw = _Hnsw(self.dim)
+        hnsw.add_many(self._ids, self._matrix[: len(self._ids)])
+        self._hnsw = hnsw
+        self._matrix = np.empty((0, self.dim), dtype=np.float32)
+        self._ids, self._row_of = [], {}
+
+
+class _Hnsw:
+    """usearch's HNSW index with string ids mapped to its integer keys."""
+
+    def __init__(self, dim: int) -> None:
+        from usearch.index import Index
+
+        self._index = Index(ndim=dim, metric="cos", dtype="f32", connectivity=16,
+                            expansion_add=128, expansion_search=64)
+        self._key_of: dict[str, int] = {}
+        self._id_of: dict[int, str] = {}
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._key_of)
+
+    def add(self, entry_id: str, vector: Vector) -> None:
+        self.remove(entry_id)
+        self.add_many([entry_id], vector[None, :])
+
+    def add_many(self, ids: Iterable[str], vectors: npt.NDArray[np.float32]) -> None:
+        ids = list(ids)
+        keys = np.arange(self._next, self._next + len(ids), dtype=np.uint64)
+        self._next += len(ids)
+        for entry_id, key in zip(ids, keys):
+            self._key_of[entry_id] = int(key)
+            self._id_of[int(key)] = entry_id
+        self._index.add(keys, np.ascontiguousarray(vectors, dtype=np.float32))
+
+    def remove(self, entry_id: str) -> None:
+        key = self._key_of.pop(entry_id, None)
+        if key is not None:
+            del self._id_of[key]
+            self._index.remove(key)
+
+    def search(self, vector: Vector, k: int) -> list[tuple[str, float]]:
+        if not self._key_of:
+            return []
+        matches = self._index.search(vector, min(k, len(self._key_of)))
+        return [(self._id_of[int(key)], 1.0 - float(dist))
+                for key, dist in zip(matches.keys, matches.distances) if int(key) in self._id_of]
