@@ -1,2 +1,3 @@
 from thrifty import f
+
 x: str = f()

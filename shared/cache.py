@@ -28,6 +28,7 @@ on the store's I/O.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -205,12 +206,13 @@ class SemanticCache:
     ) -> None:
         self.settings = settings or ThriftySettings()
         cs = self.settings.cache
-        self.storage: Store = store or EmbeddedStore(
+        self.storage: Store = store if store is not None else EmbeddedStore(
             None if cs.backend == "memory" else cs.path, max_entries=cs.max_entries)
-        self.embedder: Embedder = embedder or SentenceTransformerEmbedder(self.settings.embedder)
-        self.verifier: Verifier = verifier or default_verifier(self.settings)
-        self.ledger = ledger or Ledger(self.settings.ledger.path)
-        self.prices = prices or PriceTable(self.settings.prices)
+        self.embedder: Embedder = embedder if embedder is not None else SentenceTransformerEmbedder(
+            self.settings.embedder)
+        self.verifier: Verifier = verifier if verifier is not None else default_verifier(self.settings)
+        self.ledger = ledger if ledger is not None else Ledger(self.settings.ledger.path)
+        self.prices = prices if prices is not None else PriceTable(self.settings.prices)
         self.clock = clock
         pd = self.settings.personal_data
         self._guard = PersonalDataGuard(pd.patterns, builtin=pd.builtin_patterns)
@@ -242,8 +244,7 @@ class SemanticCache:
     @property
     def stats(self) -> CacheStats:
         with self._lock:
-            snapshot = CacheStats(**{k: (Counter(v) if isinstance(v, Counter) else v)
-                                     for k, v in self._stats.__dict__.items()})
+            snapshot = copy.deepcopy(self._stats)
         snapshot.evictions = self.storage.evictions
         snapshot.entries = len(self.storage)
         return snapshot
@@ -305,7 +306,8 @@ class SemanticCache:
         best, reason = accepted[0]
         if cs.ambiguity_margin > 0:
             for other, _ in accepted[1:]:
-                if best.similarity - other.similarity <= cs.ambiguity_margin and other.entry.answer != best.entry.answer:
+                close = best.similarity - other.similarity <= cs.ambiguity_margin
+                if close and other.entry.answer != best.entry.answer:
                     return self._miss("ambiguous", canon, tuple(refused))
         yield _RecordHit(best.entry.id)
         return self._hit(best.entry, canon, "semantic", best.similarity, f"semantic:{reason}", tuple(refused))

@@ -20,12 +20,14 @@ cache shared live between processes, use the Redis store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -151,10 +153,8 @@ class EmbeddedStore:
         with self._lock:
             if self._db is not None:
                 self._flush_hits()
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     self._db.close()
-                except sqlite3.Error:
-                    pass
                 self._db = None
 
     async def aget_exact(self, scope: str, exact_key: str, now: float) -> CacheEntry | None:
@@ -215,11 +215,14 @@ class EmbeddedStore:
         try:
             self._connect()
             self._load()
+        except OSError as exc:  # cannot create or open the file at all: nothing to move aside
+            log.warning("thrifty: cannot use cache file %s (%s); keeping the cache in memory", self.path, exc)
+            self._db = None
         except (sqlite3.DatabaseError, ValueError) as exc:
             self._quarantine(exc)
             try:
                 self._connect()
-            except sqlite3.Error as again:
+            except (sqlite3.Error, OSError) as again:
                 log.warning("thrifty: cannot use cache file %s (%s); keeping the cache in memory", self.path, again)
                 self._db = None
 
@@ -267,10 +270,8 @@ class EmbeddedStore:
     def _quarantine(self, exc: Exception) -> None:
         assert self.path is not None
         if self._db is not None:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 self._db.close()
-            except sqlite3.Error:
-                pass
             self._db = None
         self._entries.clear()
         self._by_key.clear()
@@ -310,7 +311,7 @@ class EmbeddedStore:
         except sqlite3.Error as exc:
             self._write_error(exc)
 
-    def _execute_many(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+    def _execute_many(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
         if self._db is None or not rows:
             return
         try:

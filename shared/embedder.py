@@ -152,7 +152,8 @@ class SentenceTransformerEmbedder:
 
                 model = SentenceTransformer(source, device="cpu")
             except Exception as exc:
-                raise EmbedderError(f"cannot load embedding model {self.settings.model!r} from {source}: {exc}") from exc
+                raise EmbedderError(
+                    f"cannot load embedding model {self.settings.model!r} from {source}: {exc}") from exc
             threads = self.settings.threads or min(4, os.cpu_count() or 1)
             try:
                 import torch
@@ -161,7 +162,10 @@ class SentenceTransformerEmbedder:
             except Exception:  # noqa: BLE001 - thread tuning is an optimisation only
                 pass
             dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-            self._dim = int(dim_of())
+            dim = dim_of()
+            if not isinstance(dim, int):
+                raise EmbedderError(f"model {self.settings.model!r} does not report its vector size")
+            self._dim = dim
             self._window = int(model.max_seq_length or 512)
             self._model = model
             self.backend_in_use = "torch"
@@ -169,7 +173,7 @@ class SentenceTransformerEmbedder:
                 try:
                     self._session = self._onnx_session(model, source, threads)
                     self.backend_in_use = "onnx"
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     if self.settings.backend == "onnx":
                         raise EmbedderError(f"onnx backend unavailable: {exc}") from exc
                     log.info("thrifty: onnx backend unavailable (%s); using torch", exc)

@@ -21,15 +21,15 @@ a an the this that these those some any either what which how whether
 is are was were be been being am do does did doing done have has had having get gets got getting
 can could may might must shall should will would
 i me my mine myself we us our ours you your yours yourself he him his she her it its they them their
-'so to of in on at by for with about as into like through per via within
+to of in on at by for with about as into like through per via within
 and or but so if then also just only really actually usually basically currently still even
 please kindly thanks thank hi hello hey ok okay wondering wonder
 tell know let want wanted need needed like would love help trying try able possible possibly
 show give provide explain describe obtain receive u ur r pls plz thx
 check see view look fetch retrieve find
-way ways go going about there here thing things exactly
+way ways go going about there here thing things exactly one someone anyone
 um uh er erm hmm yeah yep oh well
-""".split()) - {"'so"}
+""".split())
 
 # Wording that asks the same thing: members of a set are interchangeable *as whole words*.
 # Keep it conservative: "remove" and "delete" are not here ("remove a user from a workspace" is
@@ -43,6 +43,8 @@ SYNONYMS: tuple[frozenset[str], ...] = tuple(frozenset(group.split()) for group 
     "wrong incorrect", "pic picture photo image", "car vehicle auto", "movie film",
     "phone mobile cell cellphone smartphone", "email e-mail", "website site webpage",
     "kids children child kid", "holiday vacation", "flat apartment", "lift elevator",
+    "enable turn-on switch-on activate", "disable turn-off switch-off deactivate",
+    "monthly", "annual annually yearly", "weekly", "daily", "quarterly", "hourly",
     "usd dollar dollars $", "gbp pound pounds sterling £", "eur euro euros €", "a.m morning",
     "hand cabin carry-on", "international overseas abroad", "weather forecast",
     "parcel package", "shop store", "cancel terminate", "reply respond answer",
@@ -73,6 +75,11 @@ PHRASES: dict[tuple[str, ...], str] = {
         "come with": "include", "at least": "minimum", "at most": "maximum",
         "no longer": "not", "not any": "no", "up to": "maximum", "check in": "checkin",
         "check out": "checkout", "opt in": "opt-in", "opt out": "opt-out",
+        "per month": "monthly", "a month": "monthly", "each month": "monthly",
+        "every month": "monthly", "per year": "yearly", "a year": "yearly", "each year": "yearly",
+        "every year": "yearly", "per week": "weekly", "a week": "weekly", "each week": "weekly",
+        "every week": "weekly", "per day": "daily", "a day": "daily", "each day": "daily",
+        "every day": "daily", "per hour": "hourly", "an hour": "hourly",
         "how long": "?duration", "how much": "?amount", "how many": "?count",
         "how often": "?frequency", "how far": "?distance", "how old": "?age",
         "what year": "?time", "which year": "?time", "what date": "?time", "when": "?time",
@@ -114,9 +121,11 @@ OPPOSITES: tuple[tuple[frozenset[str], frozenset[str]], ...] = tuple(
         ("encode", "decode"), ("compress", "decompress"), ("zip", "unzip"), ("mount", "unmount"),
         ("install", "uninstall"), ("follow", "unfollow"), ("block", "unblock"),
         ("pause", "resume unpause"), ("start", "stop end"), ("eat", "avoid"),
-        ("over above exceeding", "under below"), ("inside indoor indoors internal", "outside outdoor outdoors external"),
+        ("over above exceeding", "under below"),
+        ("inside indoor indoors internal", "outside outdoor outdoors external"),
         ("input", "output"), ("push", "pull"), ("send sending sent", "receive receiving received"),
-        ("credit", "debit"), ("deposit", "withdraw withdrawal"), ("accept accepted approve approved", "reject rejected deny denied decline declined"),
+        ("credit", "debit"), ("deposit", "withdraw withdrawal"),
+        ("accept accepted approve approved", "reject rejected deny denied decline declined"),
         ("best", "worst"), ("good better", "bad worse poor"), ("cheap cheaper cheapest", "expensive pricier"),
         ("hot warm", "cold cool"), ("early earlier", "late later"), ("fast faster", "slow slower"),
         ("true", "false"), ("success successful", "failure failed fail"), ("pass passed", "fail failed"),
@@ -234,7 +243,8 @@ SPELLING_VARIANTS: dict[str, str] = {
 
 # Markers after which the next content word fills a directional slot: "from X to Y",
 # "convert X into Y", "is X older than Y", "X minus Y".
-DIRECTION_MARKERS = frozenset("to into onto from than towards toward minus > → via over out by".split())
+DIRECTION_MARKERS = frozenset(
+    "to into onto from than towards toward minus > → via over out by with then instead".split())
 
 # Conjunctions whose two sides may be swapped without changing the request ("TCP and UDP").
 SYMMETRIC_CONJUNCTIONS = frozenset("and or & vs versus nor".split())

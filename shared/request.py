@@ -193,7 +193,8 @@ def _content_text(content: Any) -> tuple[str, list[str]]:
         for part in content:
             if isinstance(part, str):
                 texts.append(part)
-            elif isinstance(part, Mapping) and part.get("type") in ("text", "input_text") and isinstance(part.get("text"), str):
+            elif (isinstance(part, Mapping) and part.get("type") in ("text", "input_text")
+                  and isinstance(part.get("text"), str)):
                 texts.append(part["text"])
             else:
                 attachments.append(_digest(part))

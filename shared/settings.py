@@ -15,6 +15,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -60,7 +61,7 @@ class VerifierSettings(_Section):
         "cannot compare them word by word")
     minimal_overlap: float = Field(0.5, gt=0, le=1)
     max_edit_words: int = Field(3, ge=0)
-    long_text_words: int = Field(8, ge=1)
+    long_text_words: int = Field(6, ge=1)
     extra_synonyms: list[list[str]] = Field(default_factory=list,
                                             description="word sets your domain treats as the same")
     extra_opposites: list[tuple[list[str], list[str]]] = Field(default_factory=list)
@@ -96,7 +97,7 @@ class CacheSettings(_Section):
         0.03, ge=0, le=2, description="a neighbour this much less similar than the nearest is not examined")
     search_floor: float = Field(0.4, ge=-1, le=1, description="neighbours below this cosine are ignored")
     ambiguity_margin: float = Field(
-        0.0, ge=0, le=1,
+        0.01, ge=0, le=1,
         description="two accepted neighbours with different answers within this cosine of each "
         "other make the lookup a miss (0 disables)")
     namespace_keys: list[str] = Field(
@@ -182,7 +183,7 @@ class ThriftySettings(BaseSettings):
             return cls(**overrides)
         except ValidationError as exc:
             raise SettingsError(_describe(exc)) from None
-        except (OSError, ValueError) as exc:  # YAML syntax errors, a missing section
+        except (OSError, ValueError, yaml.YAMLError) as exc:  # unreadable file, bad YAML
             raise SettingsError(f"cannot read thrifty settings from {path}: {exc}") from None
         finally:
             if token is not None:

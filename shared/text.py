@@ -267,6 +267,9 @@ def _attach_number_words(tokens: list[Word]) -> list[Word]:
             if w.norm in _ORDINAL_WORDS and preceding not in _DETERMINERS:
                 out.append(w)  # "it first downloads", "warn me first": adverbs, not positions
                 continue
+            if w.norm == "one" and preceding in _ONE_AS_PRONOUN_AFTER:
+                out.append(w)  # "can one get", "which one", "the blue one"
+                continue
             value = _number_from_word(w.norm, following)
             if value is not None:
                 w = Word(w.text, w.norm, value, w.capitalised, w.start)
@@ -276,6 +279,10 @@ def _attach_number_words(tokens: list[Word]) -> list[Word]:
 
 _DETERMINERS = {"the", "a", "an", "my", "your", "our", "their", "his", "her", "its", "this",
                 "that", "every", "each", "'s", "whose", "which", "what"}
+_ONE_AS_PRONOUN_AFTER = {"can", "could", "should", "would", "will", "may", "might", "must", "does",
+                         "do", "did", "if", "when", "no", "any", "every", "some", "each", "which",
+                         "this", "that", "the", "another", "other", "such", "someone", "anyone",
+                         "quick", "good", "best", "new", "old", "right", "wrong", "last", "next"}
 _PRONOUN_FOLLOWERS = {"", "how", "what", "where", "when", "why", "who", "which", "of", "is",
                       "was", "that", "more", "another", "and",
                       "or", "to", "in", "on", "at", "for", "with", "by", "from", "the", "a",

@@ -65,8 +65,8 @@ _SPELLING = ((re.compile(r"is(e|es|ed|ing|ation|ations)$"), r"iz\1"),
              (re.compile(r"([^aeiou])re$"), r"\1er"), (re.compile(r"([^aeiou])res$"), r"\1ers"),
              (re.compile(r"yse(s|d)?$"), r"yze\1"), (re.compile(r"ogue$"), "og"),
              (re.compile(r"ence$"), "ense"))
-_QUESTION = "?"
-_NEGATING_PREFIXES = ("un", "dis", "non", "de", "in", "im", "ir", "il", "anti", "mis")  # prefix of the question-type tokens the lexicon's phrases produce
+_QUESTION = "?"  # prefix of the question-type tokens the lexicon's phrases produce
+_NEGATING_PREFIXES = ("un", "dis", "non", "de", "in", "im", "ir", "il", "anti", "mis")
 
 
 @lru_cache(maxsize=65536)
@@ -153,10 +153,10 @@ class RuleVerifier:
         self,
         *,
         min_similarity: float = 0.4,
-        reworded_similarity: float = 0.80,
+        reworded_similarity: float = 0.75,
         minimal_overlap: float = 0.5,
         max_edit_words: int = 3,
-        long_text_words: int = 8,
+        long_text_words: int = 6,
         lexicon: Lexicon = DEFAULT_LEXICON,
         vocabulary: frozenset[str] | None = None,
     ) -> None:
@@ -313,20 +313,23 @@ class RuleVerifier:
             only_b = {k for k in in_b.keys() - in_a.keys() if not self._misspelt_in(in_b[k], a)}
             if only_a and only_b:
                 return Verdict(False, "qualifier", f"{name}: {_diff(only_a, only_b)}")
-            lone = {k for k in only_a if in_a[k] in strong} | {k for k in only_b if in_b[k] in strong}
+            lone = ({k for k in only_a if _plural_free(in_a[k]) in strong}
+                    | {k for k in only_b if _plural_free(in_b[k]) in strong})
             if one_sided and lone and not (in_a and in_b):
                 return Verdict(False, "qualifier", f"{name}: only one side says {sorted(lone)}")
         return None
 
     @staticmethod
     def _in_group(facts: TextFacts, members: frozenset[str]) -> dict[str, str]:
-        """Key -> word for the words of ``facts`` in a qualifier group, matched as whole words
-        (plural aside): "production" is not the group member "prod"."""
-        return {t.key: _plural_free(t.norm) for t in facts.terms if _plural_free(t.norm) in members}
+        """Key -> word (as written) for the words of ``facts`` in a qualifier group, matched as
+        whole words, plural aside: "production" is not the group member "prod"."""
+        return {t.key: t.norm for t in facts.terms if _plural_free(t.norm) in members}
 
     def _misspelt_in(self, word: str, other: TextFacts) -> bool:
         """``other`` writes the group member ``word`` with a typo ("Mondys", "chlid")."""
-        return any(t.norm not in self.vocabulary and self._is_typo(word, t.norm) for t in other.content)
+        forms = {word, _plural_free(word)}
+        return any(t.norm not in self.vocabulary and any(self._is_typo(f, t.norm) for f in forms)
+                   for t in other.content)
 
     def _direction(self, a: TextFacts, b: TextFacts) -> Verdict | None:
         filled_a = a.keys | set(a.numbers)
@@ -342,26 +345,28 @@ class RuleVerifier:
         return None
 
     def _order(self, a: TextFacts, b: TextFacts) -> Verdict:
-        """Same content words: accept the same order, a phrase moved to the other end ("In
-        Python, how do I ..." / "How do I ... in Python?") or the two sides of "A and B" swapped."""
-        shared = a.keys & b.keys
+        """Same content words. Their order is free ("the monthly price of the Pro plan" / "the
+        Pro plan's price per month") except for numbers and names, whose order carries roles
+        ("Argentina beat France", "15 minus 7"): those must keep their order, up to the two sides
+        of "A and B" swapped."""
+        shared = frozenset(t.key for t in a.terms if t.entity) & frozenset(t.key for t in b.terms if t.entity)
         seq_a, seq_b = self._sequence(a, shared), self._sequence(b, shared)
         plain_b = tuple(x for x in seq_b if x != "&")
         for variant in self._conjunct_swaps(seq_a):
             plain = tuple(x for x in variant if x != "&")
-            if plain == plain_b or _is_rotation(plain, plain_b):
+            if plain == plain_b:
                 return Verdict(True, "same_content")
         return Verdict(False, "order", f"{' '.join(seq_a)} vs {' '.join(seq_b)}")
 
     def _sequence(self, facts: TextFacts, shared: frozenset[str]) -> tuple[str, ...]:
-        """Shared content keys and numbers in order, with "&" where a symmetric conjunction is."""
+        """Numbers and the ``shared`` names in order, with "&" where a symmetric conjunction is."""
         out: list[str] = []
         for t in facts.terms:
             if t.number is not None:
                 out.append(t.number)
             elif t.norm in self.lexicon.symmetric_conjunctions:
                 out.append("&")
-            elif t.key in shared and not t.function:
+            elif t.key in shared and t.entity:
                 out.append(t.key)
         return tuple(out)
 
@@ -501,15 +506,13 @@ def _plural_free(word: str) -> str:
     return word
 
 
-def _is_rotation(x: Sequence[str], y: Sequence[str]) -> bool:
-    """``y`` is ``x`` with a leading block moved to the end ("in Python, how do I ..." fronted)."""
-    if len(x) != len(y):
-        return False
-    return any(tuple(x[k:]) + tuple(x[:k]) == tuple(y) for k in range(1, len(x)))
+_ABBREVIATIONS = frozenset({"a.m", "p.m", "e.g", "i.e", "etc", "vs", "a.k.a", "approx", "incl", "n.b"})
 
 
 def _looks_like_identifier(token: str) -> bool:
     """gpt-4o, v2.1, config.yaml, user_id, INV-2291: letters mixed with digits or inner dots."""
+    if token.lower().rstrip(".") in _ABBREVIATIONS:
+        return False
     has_alpha = any(ch.isalpha() for ch in token)
     has_digit = any(ch.isdigit() for ch in token)
     return has_alpha and (has_digit or bool(re.search(r"\w[._/@#]\w", token)))

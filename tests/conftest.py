@@ -1,0 +1,90 @@
+"""Shared fixtures. The embedder is the real all-MiniLM-L6-v2, loaded once per test session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import pytest
+from thrifty.cache import Completion, SemanticCache
+from thrifty.embedded_store import EmbeddedStore
+from thrifty.embedder import SentenceTransformerEmbedder, Vector
+from thrifty.ledger import Ledger
+from thrifty.pricing import PriceTable
+from thrifty.settings import EmbedderSettings, ThriftySettings
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+SYSTEM = "You are the support agent of Acme. Answer briefly."
+
+
+@pytest.fixture(scope="session")
+def embedder() -> SentenceTransformerEmbedder:
+    """The real default embedder (onnx backend when available)."""
+    return SentenceTransformerEmbedder(EmbedderSettings(memo_size=50_000))
+
+
+class CountingEmbedder:
+    """The real embedder, counting the texts it is asked to embed (to prove the exact tier
+    computes no embedding)."""
+
+    def __init__(self, inner: SentenceTransformerEmbedder) -> None:
+        self.inner = inner
+        self.calls: list[str] = []
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def embed(self, texts: Sequence[str]) -> list[Vector | None]:
+        self.calls.extend(texts)
+        return self.inner.embed(texts)
+
+    async def aembed(self, texts: Sequence[str]) -> list[Vector | None]:
+        self.calls.extend(texts)
+        return await self.inner.aembed(texts)
+
+
+def chat(text: str, *, system: str | None = SYSTEM, model: str = "gpt-4o-mini", history: Sequence[dict[str, Any]] = (),
+         **extra: Any) -> dict[str, Any]:
+    """An OpenAI-format chat request ending in the user turn ``text``."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    messages.extend(history)
+    messages.append({"role": "user", "content": text})
+    return {"model": model, "messages": messages, **extra}
+
+
+def answer(text: str = "The answer.", **extra: Any) -> Completion:
+    return Completion(answer={"role": "assistant", "content": text}, text=text, **extra)
+
+
+def make_cache(embedder: Any, *, path: Path | None = None, clock: Any = None, **settings: Any) -> SemanticCache:
+    cache_settings = {"backend": "memory", **settings.pop("cache", {})}
+    config = ThriftySettings(cache=cache_settings, ledger={"path": None}, **settings)
+    store = EmbeddedStore(path, max_entries=config.cache.max_entries) if path is not None else None
+    kwargs: dict[str, Any] = {"store": store, "embedder": embedder, "ledger": Ledger(),
+                              "prices": PriceTable(use_litellm=False)}
+    if clock is not None:
+        kwargs["clock"] = clock
+    return SemanticCache(config, **kwargs)
+
+
+@pytest.fixture
+def cache(embedder: SentenceTransformerEmbedder) -> Iterator[SemanticCache]:
+    with make_cache(embedder) as c:
+        yield c
+
+
+class Clock:
+    """A settable clock for expiry tests."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
