@@ -48,3 +48,13 @@ def test_hnsw_agrees_with_exact_search() -> None:
 def test_wrong_dimension_is_rejected() -> None:
     with pytest.raises(ValueError, match="dimension"):
         VectorIndex(16).add("a", np.zeros(8, dtype=np.float32))
+
+
+def test_usearch_and_onnxruntime_load_together_in_either_order() -> None:
+    """usearch 2.26.2-2.26.6 segfault when onnxruntime is imported after them (pinned out)."""
+    import subprocess
+    import sys
+
+    for first, second in (("usearch.index", "onnxruntime"), ("onnxruntime", "usearch.index")):
+        result = subprocess.run([sys.executable, "-c", f"import {first}; import {second}"], capture_output=True)
+        assert result.returncode == 0, (first, second, result.stderr[-500:])
