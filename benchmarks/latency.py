@@ -47,9 +47,9 @@ def percentiles(samples: Sequence[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+def timed(fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
     started = time.perf_counter()
-    result = fn()
+    result = fn(*args)
     return time.perf_counter() - started, result
 
 
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     embedder = SentenceTransformerEmbedder(EmbedderSettings(memo_size=len(stored) + 16))
     print(f"thrifty lookup latency: {len(stored)} stored questions, {args.queries} lookups of each kind, "
           "one at a time")
-    elapsed, _ = timed(lambda: embedder.embed(stored))
+    elapsed, _ = timed(embedder.embed, stored)
     print(f"  (embedded the stored questions in {elapsed:.0f} s with the {embedder.backend_in_use} backend)")
     results: dict[str, tuple[float, float, int]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,20 +98,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i, text in enumerate(stored):
             cache.store(request(text), Completion(answer={"content": f"answer {i}"}, text=f"answer {i}"))
 
-        exact = [timed(lambda t=t: cache.lookup(request(t.upper())))[0] for t in stored[: args.queries]]
+        exact = [timed(cache.lookup, request(t.upper()))[0] for t in stored[: args.queries]]
         results["exact hit"] = (*percentiles(exact), len(exact))
 
-        hit_times, miss_times = [], []
+        hit_times: list[float] = []
+        miss_times: list[float] = []
         for text in paraphrases:
-            elapsed, found = timed(lambda t=text: cache.lookup(request(t)))
+            elapsed, found = timed(cache.lookup, request(text))
             (hit_times if found.hit else miss_times).append(elapsed)
         results["semantic hit"] = (*percentiles(hit_times or [0.0]), len(hit_times))
         results["miss (paraphrase)"] = (*percentiles(miss_times or [0.0]), len(miss_times))
-        new = [timed(lambda t=t: cache.lookup(request(t)))[0] for t in unseen]
+        new = [timed(cache.lookup, request(t))[0] for t in unseen]
         results["miss (new question)"] = (*percentiles(new), len(new))
         fresh = SentenceTransformerEmbedder(EmbedderSettings(memo_size=0))
         fresh.embed(["warm up"])
-        alone = [timed(lambda t=t: fresh.embed([t]))[0] for t in unseen]
+        alone = [timed(fresh.embed, [t])[0] for t in unseen]
         results["embedding alone"] = (*percentiles(alone), len(alone))
         cache.close()
 
@@ -142,11 +143,11 @@ def vector_search(embedder: SentenceTransformerEmbedder, stored: list[str], para
     vectors[: len(real)] = real
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     index = VectorIndex(real.shape[1], hnsw_threshold=1)
-    build, _ = timed(lambda: index.add_many([str(k) for k in range(count)], vectors))
+    build, _ = timed(index.add_many, [str(k) for k in range(count)], vectors)
     print(f"  (built an HNSW index of {count:,} vectors in {build:.0f} s)")
     times, found = [], []
     for q in queries:
-        elapsed, result = timed(lambda q=q: index.search(q, 3))
+        elapsed, result = timed(index.search, q, 3)
         times.append(elapsed)
         found.append(int(result[0][0]))
     truth = np.concatenate([np.argmax(queries[s:s + 100] @ vectors.T, axis=1) for s in range(0, len(queries), 100)])

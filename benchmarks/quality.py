@@ -29,7 +29,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from thrifty.cache import Completion, SemanticCache
 from thrifty.embedded_store import EmbeddedStore
 from thrifty.embedder import SentenceTransformerEmbedder
@@ -72,8 +71,7 @@ def origin_protocol(rows: list[dict[str, str]], embedder: SentenceTransformerEmb
     elapsed = time.perf_counter() - started
     out["thrifty"] = (positive, negative, len(rows) - positive - negative, elapsed / len(rows))
 
-    o = np.stack([v for v in embedder.embed(origins) if v is not None])
-    q = np.stack([v for v in embedder.embed(queries) if v is not None])
+    o, q = embedder.embed_truncated(origins), embedder.embed_truncated(queries)
     sims = q @ o.T
     best = sims.argmax(axis=1)
     for t in THRESHOLDS:
@@ -93,13 +91,12 @@ def pairs_protocol(pairs: Sequence[Pair], embedder: SentenceTransformerEmbedder,
     out: dict[str, Any] = {"thrifty": (t.true_hits, t.false_hits, t.hit_rate, t.false_hit_rate, elapsed / len(pairs))}
     same = sum(p.label for p in pairs)
     different = len(pairs) - same
+    va, vb = embedder.embed_truncated([p.a for p in pairs]), embedder.embed_truncated([p.b for p in pairs])
+    cosines = (va * vb).sum(axis=1)
     for threshold in THRESHOLDS:
         true_hits = false_hits = 0
-        for p in pairs:
-            va, vb = embedder.embed([p.a, p.b])
-            if va is None or vb is None:
-                continue
-            if float(va @ vb) >= threshold:
+        for p, cosine in zip(pairs, cosines):
+            if cosine >= threshold:
                 true_hits += p.label
                 false_hits += 1 - p.label
         out[f"cosine >= {threshold}"] = (true_hits, false_hits, true_hits / same, false_hits / different, None)

@@ -1,0 +1,1 @@
+"""LangChain adapter for thrifty. Not built yet: the core (``thrifty``) is usable directly."""

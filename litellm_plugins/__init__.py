@@ -1,3 +1,1 @@
-from thrifty import f
-
-x: str = f()
+"""LiteLLM adapter for thrifty. Not built yet: the core (``thrifty``) is usable directly."""

@@ -132,6 +132,13 @@ class SentenceTransformerEmbedder:
                 return [self._memo[t] for t in texts]
         return await asyncio.to_thread(self.embed, texts)
 
+    def embed_truncated(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Vectors of the texts' first window of word pieces, the way caches that truncate embed
+        long texts. For comparisons only: the cache itself never matches a truncated text."""
+        self._ensure_loaded()
+        return np.asarray(self._model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True,
+                                             batch_size=64, show_progress_bar=False), dtype=np.float32)
+
     def count_tokens(self, text: str) -> int:
         """Word pieces of ``text`` under the model's tokenizer, special tokens included."""
         self._ensure_loaded()

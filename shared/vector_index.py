@@ -155,7 +155,7 @@ class _Hnsw:
         # (0.83 with the default 64) for about 0.4 ms a search.
         beam = 64 if len(self) < 100_000 else 128 if len(self) < 300_000 else 256
         if self._index.expansion_search != beam:
-            self._index.expansion_search = beam
+            self._index.expansion_search = beam  # type: ignore[misc]  # settable; the stub says read-only
         matches = self._index.search(vector, min(max(4 * k, 16), len(self._key_of)))
         keys = [int(key) for key in matches.keys if int(key) in self._id_of]
         if not keys:
