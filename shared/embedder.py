@@ -68,6 +68,20 @@ def bundled_model_path() -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
+def _load_quietly(source: str) -> Any:
+    """Load a SentenceTransformer without transformers' "Loading weights" progress bar."""
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return SentenceTransformer(source, device="cpu")
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def resolve_model(model: str) -> str:
     """The path or hub name sentence-transformers should load for ``model``."""
     if model in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
@@ -155,9 +169,7 @@ class SentenceTransformerEmbedder:
             if Path(source).is_dir():
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
             try:
-                from sentence_transformers import SentenceTransformer
-
-                model = SentenceTransformer(source, device="cpu")
+                model = _load_quietly(source)
             except Exception as exc:
                 raise EmbedderError(
                     f"cannot load embedding model {self.settings.model!r} from {source}: {exc}") from exc

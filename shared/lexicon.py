@@ -68,7 +68,7 @@ PHRASES: dict[tuple[str, ...], str] = {
         "part time": "part-time", "full time": "full-time", "in store": "in-store",
         "self employed": "self-employed", "gluten free": "gluten-free", "dairy free": "dairy-free",
         "first class": "first-class", "carry on": "carry-on", "e mail": "email",
-        "non member": "non-member", "non members": "non-members", "in person": "in-person",
+        "in person": "in-person",
         "is it possible to": "can", "am i able to": "can", "are you able to": "can",
         "go live": "activate", "get back": "refund", "money back": "refund",
         "look up": "find", "figure out": "find", "find out": "find",
@@ -207,7 +207,7 @@ QUALIFIER_GROUPS: tuple[QualifierGroup, ...] = (
            "self-employed ~employed ~temporary ~permanent intern interns"),
     _group("diet", "vegan vegetarian pescatarian gluten-free dairy-free halal kosher keto nut-free"),
     _group("role", "admin admins administrator administrators ~owner ~owners guest guests ~member "
-           "~members non-member non-members landlord landlords tenant tenants employer employers "
+           "~members landlord landlords tenant tenants employer employers "
            "employee employees buyer buyers seller sellers ~manager ~managers ~customer ~customers "
            "~visitor ~visitors ~resident ~residents ~patient ~patients ~parent ~parents ~teacher "
            "~teachers colleague colleagues"),

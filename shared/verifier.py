@@ -66,6 +66,10 @@ _SPELLING = ((re.compile(r"is(e|es|ed|ing|ation|ations)$"), r"iz\1"),
              (re.compile(r"yse(s|d)?$"), r"yze\1"), (re.compile(r"ogue$"), "og"),
              (re.compile(r"ence$"), "ense"))
 _QUESTION = "?"  # prefix of the question-type tokens the lexicon's phrases produce
+# Capitalised function words that are names ("the US", "IT support", "the WHO"), and capitalised
+# words that are just emphasis ("is it OK").
+_NAMED_FUNCTION_WORDS = frozenset({"us", "it", "who"})
+_PLAIN_ACRONYMS = frozenset({"ok", "i", "a"})
 _NEGATING_PREFIXES = ("un", "dis", "non", "de", "in", "im", "ir", "il", "anti", "mis")
 
 
@@ -465,8 +469,8 @@ class RuleVerifier:
             return Term(norm, w.number, w.number, False, True)
         # "US" and "IT" are names, not the pronoun and the article; "CEO" and "ATM" are ordinary
         # nouns that happen to be written in capitals.
-        named_acronym = acronym and not shouting and (norm in self._function or norm not in self.vocabulary
-                                                      or len(norm) < 3)
+        named_acronym = acronym and not shouting and norm not in _PLAIN_ACRONYMS and (
+            norm in _NAMED_FUNCTION_WORDS or norm not in self.vocabulary or len(norm) < 3)
         function = (
             (norm in self._function and not named_acronym)
             or norm in lex.negations or norm in lex.direction_markers or norm.startswith(_QUESTION)
