@@ -32,7 +32,6 @@ import copy
 import logging
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
@@ -205,9 +204,7 @@ class SemanticCache:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings or ThriftySettings()
-        cs = self.settings.cache
-        self.storage: Store = store if store is not None else EmbeddedStore(
-            None if cs.backend == "memory" else cs.path, max_entries=cs.max_entries)
+        self.storage: Store = store if store is not None else make_store(self.settings)
         self.embedder: Embedder = embedder if embedder is not None else SentenceTransformerEmbedder(
             self.settings.embedder)
         self.verifier: Verifier = verifier if verifier is not None else default_verifier(self.settings)
@@ -276,6 +273,8 @@ class SemanticCache:
         personal = self._personal_block(canon)
         if personal:
             return self._miss(personal, canon)
+        if not self.storage.available:
+            return self._miss("store_unavailable", canon)
         now = self.clock()
         entry = yield _GetExact(canon.scope, canon.exact_key)
         if entry is not None:
@@ -337,13 +336,15 @@ class SemanticCache:
             return self._skip(personal)
         if self.settings.personal_data.mode != "off" and not canon.personal and self._guard.find([completion.text]):
             return self._skip("personal_answer")
+        if not self.storage.available:
+            return self._skip("store_unavailable")
         vector = None
         if self.settings.cache.semantic and canon.semantic_text is not None:
             vector = yield _Embed(canon.semantic_text)
         now = self.clock()
         ttl = self._ttl(canon)
         entry = CacheEntry(
-            id=uuid.uuid4().hex, scope=canon.scope, exact_key=canon.exact_key,
+            id=canon.exact_key, scope=canon.scope, exact_key=canon.exact_key,
             text=canon.semantic_text or canon.text, answer=dict(completion.answer), vector=vector,
             namespace=canon.namespace, tenant=canon.tenant, model=completion.model or canon.model,
             created_at=now, expires_at=None if ttl is None else now + ttl, cost=cost,
@@ -477,6 +478,16 @@ class SemanticCache:
         if isinstance(op, _RecordHit):
             return await self.storage.arecord_hit(op.entry_id, now)
         return await self.storage.aput(op.entry)
+
+
+def make_store(settings: ThriftySettings) -> Store:
+    """The store ``settings.cache.backend`` names."""
+    cs = settings.cache
+    if cs.backend == "redis":
+        from .redis_store import RedisStore  # needs the thrifty[redis] extra
+
+        return RedisStore(cs.redis_url or settings.redis.url, settings=settings.redis, max_entries=cs.max_entries)
+    return EmbeddedStore(None if cs.backend == "memory" else cs.path, max_entries=cs.max_entries)
 
 
 def storable(completion: Completion) -> str | None:

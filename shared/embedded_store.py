@@ -79,6 +79,10 @@ class EmbeddedStore:
     def evictions(self) -> int:
         return self._evictions
 
+    @property
+    def available(self) -> bool:
+        return True
+
     def __len__(self) -> int:
         return len(self._entries)
 

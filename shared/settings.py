@@ -84,9 +84,11 @@ class CacheSettings(_Section):
     """The semantic cache: where entries live, how long, and what may be reused."""
 
     enabled: bool = True
-    backend: Literal["embedded", "memory"] = Field(
-        "embedded", description="embedded: in-process index persisted to `path`; memory: not persisted")
+    backend: Literal["embedded", "memory", "redis"] = Field(
+        "embedded", description="embedded: in-process index persisted to `path`; memory: not persisted; "
+        "redis: shared by every process through Redis with the query engine (see `redis`)")
     path: Path = Field(DEFAULT_CACHE_PATH, description="file of the embedded store")
+    redis_url: str | None = Field(None, description="Redis for the cache; default: redis.url")
     max_entries: int = Field(100_000, ge=1)
     ttl_seconds: float | None = Field(7 * 24 * 3600, gt=0, description="None: entries never expire")
     ttl_by_namespace: dict[str, float | None] = Field(
@@ -119,6 +121,18 @@ class CacheSettings(_Section):
         return value
 
 
+class RedisSettings(_Section):
+    """The Redis that the distributed parts share (cache now; in-flight table and budgets later)."""
+
+    url: str = Field("redis://localhost:6379/0", description="redis:// or rediss:// URL")
+    key_prefix: str = Field("thrifty", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+                            description="prefix of every key and index thrifty creates")
+    operation_timeout: float = Field(0.25, gt=0, description="seconds before a Redis call counts as failed")
+    connect_timeout: float = Field(0.25, gt=0)
+    breaker_failures: int = Field(3, ge=1, description="consecutive failures that stop calls to Redis")
+    breaker_cooldown: float = Field(5.0, gt=0, description="seconds before trying a failing Redis again")
+
+
 class ModelPrice(_Section):
     """Dollars per token, overriding LiteLLM's model cost map for one model."""
 
@@ -147,6 +161,7 @@ class ThriftySettings(BaseSettings):
     verifier: VerifierSettings = Field(default_factory=VerifierSettings)
     personal_data: PersonalDataSettings = Field(default_factory=PersonalDataSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
     prices: dict[str, ModelPrice] = Field(default_factory=dict, description="model -> price override")
 
     @classmethod

@@ -5,7 +5,8 @@ key within a scope, and by vector similarity within a scope. A store never retur
 another scope and never returns an expired entry.
 
 Implementations: :class:`thrifty.embedded_store.EmbeddedStore` (in-process, persisted to a local
-file, the default). Every method has an async twin that does not block the event loop.
+file, the default) and :class:`thrifty.redis_store.RedisStore` (shared through Redis). Every
+method has an async twin that does not block the event loop.
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ class Store(Protocol):
     @property
     def evictions(self) -> int:
         """Entries removed to respect the size bound since the store was opened."""
+        ...
+
+    @property
+    def available(self) -> bool:
+        """False when the store knows it cannot answer now (its server is down): the cache then
+        skips the lookup, and the embedding, at once."""
         ...
 
     def __len__(self) -> int: ...

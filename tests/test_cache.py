@@ -206,6 +206,7 @@ def test_exact_only_configuration_needs_no_embedder() -> None:
 
 class BrokenStore:
     evictions = 0
+    available = True
 
     def __len__(self) -> int:
         return 0

@@ -1,0 +1,416 @@
+"""The Redis store: one cache shared by every process and machine, through redisvl.
+
+Entries are Redis hashes under ``<prefix>:cache:e:<exact key>``, so the exact tier is one
+``HGETALL``. A redisvl ``SearchIndex`` (RediSearch) indexes them: an HNSW cosine vector field per
+embedding size (``vector_384`` for MiniLM), and tag fields for scope, tenant and namespace. A
+lookup searches only its own scope (a tag filter on the KNN query). Expiry is Redis's own: each
+entry key carries its TTL. A sorted set of keys by last use bounds the store at ``max_entries``,
+evicting the least recently used.
+
+Fail open: every call has a timeout; connection failures feed a circuit breaker
+(:mod:`thrifty.breaker`), and while it is open every operation returns "nothing found" / does
+nothing at once, without touching the network. Service resumes by itself when a probe succeeds.
+A key under the prefix that is not a well-formed entry (another program's data, a truncated
+write) is skipped, never served.
+
+Needs Redis with the query engine: Redis 8, Redis Stack, or a managed Redis with RediSearch. On a
+Redis without it the exact tier still works and vector search finds nothing (logged once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import redis
+import redis.asyncio as aioredis
+from redisvl.index import SearchIndex
+from redisvl.query import VectorQuery
+from redisvl.query.filter import Tag
+from redisvl.schema import IndexSchema
+
+from .breaker import CircuitBreaker
+from .settings import RedisSettings
+from .store import CacheEntry, Neighbour, Vector
+
+log = logging.getLogger("thrifty.redis")
+
+T = TypeVar("T")
+_FIELDS = ("id", "scope", "exact_key", "text", "answer", "namespace", "tenant", "model", "created_at",
+           "expires_at", "cost", "tokens", "hits", "last_used", "v")
+_VERSION = "1"
+_TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, asyncio.TimeoutError)
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for log lines."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+class RedisStore:
+    """:class:`~thrifty.store.Store` on Redis. Thread-safe; the async twins use redis.asyncio.
+
+    Entries are identified by their exact key: storing a request again replaces its entry, and the
+    ``id`` of an entry read back is its exact key.
+    """
+
+    def __init__(self, url: str | None = None, *, settings: RedisSettings | None = None,
+                 max_entries: int = 100_000) -> None:
+        self.settings = settings or RedisSettings()
+        self.url = url or self.settings.url
+        self.max_entries = max_entries
+        self.prefix = f"{self.settings.key_prefix}:cache"
+        self._lru = f"{self.prefix}:lru"
+        self.breaker = CircuitBreaker(f"Redis cache at {redact(self.url)}",
+                                      failures=self.settings.breaker_failures,
+                                      cooldown=self.settings.breaker_cooldown)
+        options = {"socket_timeout": self.settings.operation_timeout,
+                   "socket_connect_timeout": self.settings.connect_timeout,
+                   "retry_on_timeout": False, "health_check_interval": 0}
+        self._options = options
+        self._client = redis.Redis.from_url(self.url, **options)  # type: ignore[arg-type]
+        self._async_clients: dict[int, aioredis.Redis] = {}
+        self._indexes: dict[int, str] = {}  # vector size -> index name, once created
+        self._lock = threading.Lock()
+        self._evictions = 0
+        self._logged: set[str] = set()
+        self.skipped_entries = 0
+        self.search_supported = True
+
+    # ------------------------------------------------------------------ Store interface
+    @property
+    def evictions(self) -> int:
+        return self._evictions
+
+    @property
+    def available(self) -> bool:
+        """False while the circuit breaker is open and cooling down: callers should not wait on
+        Redis. True again once a probe may be sent."""
+        return self.breaker.ready
+
+    def __len__(self) -> int:
+        return int(self._run(lambda: self._client.zcard(self._lru), 0))
+
+    def get_exact(self, scope: str, exact_key: str, now: float) -> CacheEntry | None:
+        raw: Any = self._run(lambda: self._client.hgetall(self._key(exact_key)), None)
+        return self._entry_or_none(raw, exact_key, scope, now)
+
+    def search(self, scope: str, vector: Vector, k: int, now: float) -> list[Neighbour]:
+        dim = int(vector.shape[0])
+
+        def go() -> list[Neighbour]:
+            index = self._index_name(dim)
+            if index is None:
+                return []
+            query = self._query(scope, vector, k)
+            result: Any = self._client.ft(index).search(query, query_params=query.params)
+            return self._neighbours(result.docs, scope, now)
+
+        return self._run(go, [])
+
+    def put(self, entry: CacheEntry) -> None:
+        key, mapping = self._mapping(entry)
+
+        def go() -> None:
+            if entry.vector is not None:
+                self._index_name(int(entry.vector.shape[0]))
+            pipe = self._client.pipeline(transaction=True)
+            pipe.delete(key)
+            pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
+            if entry.expires_at is not None:
+                pipe.pexpireat(key, int(entry.expires_at * 1000))
+            pipe.zadd(self._lru, {key: entry.last_used or entry.created_at})
+            pipe.zcard(self._lru)
+            size = pipe.execute()[-1]
+            if size > self.max_entries:
+                oldest: Any = self._client.zpopmin(self._lru, size - self.max_entries)
+                victims = [member for member, _ in oldest]
+                if victims:
+                    self._client.delete(*victims)
+                    self._evictions += len(victims)
+
+        self._run(go, None)
+
+    def record_hit(self, entry_id: str, now: float) -> None:
+        key = self._key(entry_id)
+
+        def go() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hincrby(key, "hits", 1)
+            pipe.hset(key, "last_used", repr(now))
+            pipe.zadd(self._lru, {key: now}, xx=True)
+            pipe.execute()
+
+        self._run(go, None)
+
+    def delete(self, entry_id: str) -> None:
+        key = self._key(entry_id)
+
+        def go() -> None:
+            pipe = self._client.pipeline()
+            pipe.delete(key)
+            pipe.zrem(self._lru, key)
+            pipe.execute()
+
+        self._run(go, None)
+
+    def clear(self) -> None:
+        def go() -> None:
+            batch: list[bytes] = []
+            for key in self._client.scan_iter(match=f"{self.prefix}:e:*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    self._client.delete(*batch)
+                    batch = []
+            if batch:
+                self._client.delete(*batch)
+            self._client.delete(self._lru)
+
+        self._run(go, None)
+
+    def close(self) -> None:
+        self._client.close()
+
+    async def aget_exact(self, scope: str, exact_key: str, now: float) -> CacheEntry | None:
+        client = self._aclient()
+        raw: Any = await self._arun(lambda: client.hgetall(self._key(exact_key)), None)  # type: ignore[arg-type]
+        return self._entry_or_none(raw, exact_key, scope, now)
+
+    async def asearch(self, scope: str, vector: Vector, k: int, now: float) -> list[Neighbour]:
+        client = self._aclient()
+        dim = int(vector.shape[0])
+
+        async def go() -> list[Neighbour]:
+            index = self._indexes.get(dim) or await asyncio.to_thread(self._index_name, dim)
+            if index is None:
+                return []
+            query = self._query(scope, vector, k)
+            result: Any = await client.ft(index).search(query, query_params=query.params)
+            return self._neighbours(result.docs, scope, now)
+
+        return await self._arun(go, [])
+
+    async def aput(self, entry: CacheEntry) -> None:
+        vector = entry.vector
+        if vector is not None and int(vector.shape[0]) not in self._indexes and self.available:
+            await asyncio.to_thread(self._run, lambda: self._index_name(int(vector.shape[0])), None)
+        client = self._aclient()
+        key, mapping = self._mapping(entry)
+
+        async def go() -> None:
+            pipe = client.pipeline(transaction=True)
+            pipe.delete(key)
+            pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
+            if entry.expires_at is not None:
+                pipe.pexpireat(key, int(entry.expires_at * 1000))
+            pipe.zadd(self._lru, {key: entry.last_used or entry.created_at})
+            pipe.zcard(self._lru)
+            size = (await pipe.execute())[-1]
+            if size > self.max_entries:
+                oldest: Any = await client.zpopmin(self._lru, size - self.max_entries)
+                victims = [member for member, _ in oldest]
+                if victims:
+                    await client.delete(*victims)
+                    self._evictions += len(victims)
+
+        await self._arun(go, None)
+
+    async def arecord_hit(self, entry_id: str, now: float) -> None:
+        client = self._aclient()
+        key = self._key(entry_id)
+
+        async def go() -> None:
+            pipe = client.pipeline(transaction=False)
+            pipe.hincrby(key, "hits", 1)
+            pipe.hset(key, "last_used", repr(now))
+            pipe.zadd(self._lru, {key: now}, xx=True)
+            await pipe.execute()
+
+        await self._arun(go, None)
+
+    # ------------------------------------------------------------------ guarded calls
+    def _run(self, call: Callable[[], T], default: T) -> T:
+        if not self.breaker.allow():
+            return default
+        try:
+            result = call()
+        except _TRANSIENT as exc:
+            self._failed(exc)
+            return default
+        except redis.exceptions.RedisError as exc:  # the server answered: a data or command error
+            self._answered(exc)
+            return default
+        self._answered()
+        return result
+
+    async def _arun(self, call: Callable[[], Awaitable[T]], default: T) -> T:
+        if not self.breaker.allow():
+            return default
+        try:
+            result = await asyncio.wait_for(call(), self.settings.operation_timeout * 2)
+        except _TRANSIENT as exc:
+            self._failed(exc)
+            return default
+        except redis.exceptions.RedisError as exc:
+            self._answered(exc)
+            return default
+        self._answered()
+        return result
+
+    def _failed(self, error: BaseException) -> None:
+        """Redis did not answer. It may come back restarted and empty: check the index then."""
+        self._indexes.clear()
+        self.breaker.failure(error)
+
+    def _answered(self, error: redis.exceptions.RedisError | None = None) -> None:
+        """Redis answered (possibly with an error about the data or the command)."""
+        self.breaker.success()
+        if error is None:
+            return
+        if "no such index" in str(error).lower() or "unknown index" in str(error).lower():
+            self._indexes.clear()  # dropped or lost: recreated on the next call
+            return
+        self._log_once(str(error).split(" ")[0], "thrifty: Redis cache error (%s); treated as a miss", error)
+
+    def _aclient(self) -> aioredis.Redis:
+        """One asyncio client per event loop (a client is bound to the loop it first ran on)."""
+        loop = id(asyncio.get_running_loop())
+        client = self._async_clients.get(loop)
+        if client is None:
+            if len(self._async_clients) > 8:  # loops come and go (asyncio.run per call): forget old ones
+                self._async_clients.clear()
+            client = self._async_clients[loop] = aioredis.Redis.from_url(self.url, **self._options)  # type: ignore[arg-type]
+        return client
+
+    def _log_once(self, kind: str, message: str, *args: object) -> None:
+        if kind not in self._logged:
+            self._logged.add(kind)
+            log.warning(message, *args)
+
+    # ------------------------------------------------------------------ the index
+    def _index_name(self, dim: int) -> str | None:
+        """Name of the search index for vectors of size ``dim``, creating it on first use."""
+        name = self._indexes.get(dim)
+        if name is not None or not self.search_supported:
+            return name
+        with self._lock:
+            if dim in self._indexes:
+                return self._indexes[dim]
+            schema = IndexSchema.from_dict({
+                "index": {"name": f"{self.prefix}:idx:{dim}", "prefix": f"{self.prefix}:e:",
+                          "storage_type": "hash"},
+                "fields": [
+                    {"name": "scope", "type": "tag"},
+                    {"name": "tenant", "type": "tag"},
+                    {"name": "namespace", "type": "tag"},
+                    {"name": f"vector_{dim}", "type": "vector",
+                     "attrs": {"dims": dim, "distance_metric": "cosine", "algorithm": "hnsw",
+                               "datatype": "float32", "m": 16, "ef_construction": 200}},
+                ],
+            })
+            index = SearchIndex(schema, redis_client=self._client, owns_client=False)
+            try:
+                if not index.exists():
+                    index.create(overwrite=False)
+            except Exception as exc:
+                if isinstance(exc, _TRANSIENT) or isinstance(exc.__cause__, _TRANSIENT):
+                    raise redis.exceptions.ConnectionError(str(exc)) from exc
+                text = str(exc).lower()
+                if "unknown command" in text or ("ft." in text and "not" in text):
+                    self.search_supported = False
+                    log.error("thrifty: Redis at %s has no query engine (RediSearch): the cache matches "
+                              "exact requests only. Use Redis 8, Redis Stack or a managed Redis with "
+                              "search.", redact(self.url))
+                    return None
+                if "index already exists" not in text:
+                    raise
+            name = str(schema.index.name)
+            self._indexes[dim] = name
+            return name
+
+    def _query(self, scope: str, vector: Vector, k: int) -> Any:
+        """A redisvl KNN query restricted to ``scope`` (a redis-py Query with its params)."""
+        return VectorQuery(
+            vector=np.asarray(vector, dtype=np.float32).tobytes(), vector_field_name=f"vector_{vector.shape[0]}",
+            return_fields=list(_FIELDS), filter_expression=Tag("scope") == scope, num_results=k,
+            return_score=True, dtype="float32",
+        )
+
+    # ------------------------------------------------------------------ entries
+    def _key(self, exact_key: str) -> str:
+        return f"{self.prefix}:e:{exact_key}"
+
+    def _mapping(self, entry: CacheEntry) -> tuple[str, dict[str, Any]]:
+        mapping: dict[str, Any] = {
+            "v": _VERSION, "id": entry.exact_key, "scope": entry.scope, "exact_key": entry.exact_key,
+            "text": entry.text, "answer": json.dumps(entry.answer, ensure_ascii=False, separators=(",", ":")),
+            "namespace": entry.namespace or "", "tenant": entry.tenant or "", "model": entry.model or "",
+            "created_at": repr(entry.created_at),
+            "expires_at": "" if entry.expires_at is None else repr(entry.expires_at),
+            "cost": repr(entry.cost), "tokens": str(entry.tokens), "hits": str(entry.hits),
+            "last_used": repr(entry.last_used or entry.created_at),
+        }
+        if entry.vector is not None:
+            mapping[f"vector_{entry.vector.shape[0]}"] = np.asarray(entry.vector, dtype=np.float32).tobytes()
+        return self._key(entry.exact_key), mapping
+
+    def _entry_or_none(self, raw: Any, exact_key: str, scope: str, now: float) -> CacheEntry | None:
+        if not raw:
+            return None
+        try:
+            entry = _parse(raw)
+        except (ValueError, TypeError, KeyError, json.JSONDecodeError):
+            self.skipped_entries += 1
+            return None
+        if entry.scope != scope or entry.exact_key != exact_key or entry.expired(now):
+            return None
+        return entry
+
+    def _neighbours(self, docs: list[Any], scope: str, now: float) -> list[Neighbour]:
+        found: list[Neighbour] = []
+        for doc in docs:
+            try:
+                fields = {name: getattr(doc, name) for name in _FIELDS if hasattr(doc, name)}
+                entry = _parse(fields)
+                similarity = 1.0 - float(_text(doc.vector_distance))
+            except (ValueError, TypeError, KeyError, AttributeError, json.JSONDecodeError):
+                self.skipped_entries += 1
+                continue
+            if entry.scope != scope or entry.expired(now) or not -1.001 <= similarity <= 1.001:
+                continue
+            found.append(Neighbour(entry, similarity))
+        return found
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _parse(raw: dict[Any, Any]) -> CacheEntry:
+    """A :class:`CacheEntry` from a Redis hash; raises ValueError for anything malformed."""
+    fields = {_text(k): _text(v) for k, v in raw.items() if not _text(k).startswith("vector_")}
+    if fields.get("v") != _VERSION:
+        raise ValueError("not a thrifty cache entry")
+    answer = json.loads(fields["answer"])
+    if not isinstance(answer, dict):
+        raise ValueError("answer is not an object")
+    expires = fields.get("expires_at", "")
+    return CacheEntry(
+        id=fields["exact_key"], scope=fields["scope"], exact_key=fields["exact_key"], text=fields["text"],
+        answer=answer, vector=None, namespace=fields.get("namespace") or None,
+        tenant=fields.get("tenant") or None, model=fields.get("model") or None,
+        created_at=float(fields["created_at"]), expires_at=float(expires) if expires else None,
+        cost=float(fields["cost"]), tokens=int(fields["tokens"]), hits=int(fields.get("hits", "0")),
+        last_used=float(fields.get("last_used", fields["created_at"])),
+    )
+
