@@ -274,29 +274,36 @@ class SentenceTransformerEmbedder:
     def _run_onnx(session: Any, model: Any, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         features = model.tokenizer(list(texts), padding=True, truncation=True,
                                    max_length=model.max_seq_length, return_tensors="np")
-        ids = features["input_ids"].astype(np.int64)
-        feed = {
-            "input_ids": ids,
-            "attention_mask": features["attention_mask"].astype(np.int64),
-            "token_type_ids": features.get("token_type_ids", np.zeros_like(ids)).astype(np.int64),
-        }
+        ids = [list(row[mask == 1]) for row, mask in zip(features["input_ids"], features["attention_mask"])]
+        return SentenceTransformerEmbedder._run_onnx_ids(session, ids)
+
+    @staticmethod
+    def _run_onnx_ids(session: Any, batch: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
+        """Vectors for already tokenised texts (word-piece ids with the special tokens)."""
+        width = max(len(ids) for ids in batch)
+        input_ids = np.zeros((len(batch), width), dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = ids
+            mask[row, : len(ids)] = 1
+        feed = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
         return np.asarray(session.run(None, feed)[0], dtype=np.float32)
 
     # ------------------------------------------------------------------ encoding
     def _compute(self, texts: list[str]) -> list[Vector | None]:
         self._ensure_loaded()
         encoded = self._model.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
-        lengths = [len(ids) for ids in encoded]
-        fits = [t for t, n in zip(texts, lengths) if n <= self._window]
+        fits = [(t, ids) for t, ids in zip(texts, encoded) if len(ids) <= self._window]
         vectors: dict[str, Vector] = {}
         if self._session is None and fits:
-            matrix = self._model.encode(fits, normalize_embeddings=True, convert_to_numpy=True,
+            matrix = self._model.encode([t for t, _ in fits], normalize_embeddings=True, convert_to_numpy=True,
                                         batch_size=64, show_progress_bar=False)
-            vectors = {t: np.ascontiguousarray(row, dtype=np.float32) for t, row in zip(fits, matrix)}
+            vectors = {t: np.ascontiguousarray(row, dtype=np.float32) for (t, _), row in zip(fits, matrix)}
         elif fits:
-            fits.sort(key=len)  # batches of similar length pad little
+            fits.sort(key=lambda item: len(item[1]))  # batches of similar length pad little
             for start in range(0, len(fits), 64):
                 batch = fits[start:start + 64]
-                for text, row in zip(batch, self._run_onnx(self._session, self._model, batch)):
+                rows = self._run_onnx_ids(self._session, [ids for _, ids in batch])
+                for (text, _), row in zip(batch, rows):
                     vectors[text] = np.ascontiguousarray(row, dtype=np.float32)
         return [vectors.get(t) for t in texts]

@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -83,6 +84,10 @@ class RedisStore:
         self._indexes: dict[int, str] = {}  # vector size -> index name, once created
         self._lock = threading.Lock()
         self._evictions = 0
+        self._pending_hits: list[tuple[str, float]] = []
+        self._hits_lock = threading.Lock()
+        self._hits_ready = threading.Event()
+        self._flusher: threading.Thread | None = None
         self._logged: set[str] = set()
         self.skipped_entries = 0
         self.search_supported = True
@@ -120,6 +125,7 @@ class RedisStore:
 
     def put(self, entry: CacheEntry) -> None:
         key, mapping = self._mapping(entry)
+        self.flush()  # recency first, so that eviction below sees it
 
         def go() -> None:
             if entry.vector is not None:
@@ -142,16 +148,39 @@ class RedisStore:
         self._run(go, None)
 
     def record_hit(self, entry_id: str, now: float) -> None:
-        key = self._key(entry_id)
+        """Queued, not waited for: a background thread writes hit counts and recency in batches,
+        so a hit costs the caller no extra round trip."""
+        with self._hits_lock:
+            self._pending_hits.append((self._key(entry_id), now))
+            if self._flusher is None or not self._flusher.is_alive():
+                self._flusher = threading.Thread(target=self._flush_hits_loop, name="thrifty-redis-hits",
+                                                 daemon=True)
+                self._flusher.start()
+        self._hits_ready.set()
+
+    def flush(self) -> None:
+        """Write queued hit counts now (they are otherwise written within about 50 ms)."""
+        with self._hits_lock:
+            pending, self._pending_hits = self._pending_hits, []
+        if not pending:
+            return
 
         def go() -> None:
             pipe = self._client.pipeline(transaction=False)
-            pipe.hincrby(key, "hits", 1)
-            pipe.hset(key, "last_used", repr(now))
-            pipe.zadd(self._lru, {key: now}, xx=True)
+            for key, now in pending:
+                pipe.hincrby(key, "hits", 1)
+                pipe.hset(key, "last_used", repr(now))
+                pipe.zadd(self._lru, {key: now}, xx=True)
             pipe.execute()
 
         self._run(go, None)
+
+    def _flush_hits_loop(self) -> None:
+        while True:
+            self._hits_ready.wait()
+            time.sleep(0.05)  # gather a batch
+            self._hits_ready.clear()
+            self.flush()
 
     def delete(self, entry_id: str) -> None:
         key = self._key(entry_id)
@@ -179,6 +208,7 @@ class RedisStore:
         self._run(go, None)
 
     def close(self) -> None:
+        self.flush()
         self._client.close()
 
     async def aget_exact(self, scope: str, exact_key: str, now: float) -> CacheEntry | None:
@@ -201,6 +231,8 @@ class RedisStore:
         return await self._arun(go, [])
 
     async def aput(self, entry: CacheEntry) -> None:
+        if self._pending_hits:
+            await asyncio.to_thread(self.flush)
         vector = entry.vector
         if vector is not None and int(vector.shape[0]) not in self._indexes and self.available:
             await asyncio.to_thread(self._run, lambda: self._index_name(int(vector.shape[0])), None)
@@ -226,17 +258,7 @@ class RedisStore:
         await self._arun(go, None)
 
     async def arecord_hit(self, entry_id: str, now: float) -> None:
-        client = self._aclient()
-        key = self._key(entry_id)
-
-        async def go() -> None:
-            pipe = client.pipeline(transaction=False)
-            pipe.hincrby(key, "hits", 1)
-            pipe.hset(key, "last_used", repr(now))
-            pipe.zadd(self._lru, {key: now}, xx=True)
-            await pipe.execute()
-
-        await self._arun(go, None)
+        self.record_hit(entry_id, now)  # only queues: never waits on Redis
 
     # ------------------------------------------------------------------ guarded calls
     def _run(self, call: Callable[[], T], default: T) -> T:

@@ -209,6 +209,10 @@ class RuleVerifier:
             return Verdict(True, "same_text")
         if similarity < self.min_similarity:
             return Verdict(False, "low_similarity", f"{similarity:.3f} < {self.min_similarity}")
+        if similarity < self.reworded_similarity and _word_overlap(query, candidate) < 0.5:
+            # Below the reworded bar only the same words (typos aside) could be accepted, and
+            # these texts share too few: skip the full analysis.
+            return Verdict(False, "low_similarity", f"{similarity:.3f} < {self.reworded_similarity}")
         a, b = self.facts(query), self.facts(candidate)
         if max(len(a.keys), len(b.keys)) > self.long_text_words:
             return self._verify_long(a, b, similarity)
@@ -497,6 +501,22 @@ class RuleVerifier:
                 out.append(tokens[i])
                 i += 1
         return out
+
+
+_WORD = re.compile(r"[a-z0-9]{2,}")
+
+
+@lru_cache(maxsize=65536)
+def _word_set(text: str) -> frozenset[str]:
+    return frozenset(_WORD.findall(text.lower()))
+
+
+def _word_overlap(a: str, b: str) -> float:
+    """Share of the shorter text's words (two letters or more) that the other text has."""
+    words_a, words_b = _word_set(a), _word_set(b)
+    if not words_a or not words_b:
+        return 1.0  # nothing to compare: let the full analysis decide
+    return len(words_a & words_b) / min(len(words_a), len(words_b))
 
 
 def _plural_free(word: str) -> str:
