@@ -247,6 +247,10 @@ def start_redis() -> tuple[str, Callable[[], None]]:
     return f"redis://127.0.0.1:{port}/0", stop
 
 
+def _nothing() -> None:
+    pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="thrifty bench redis_latency", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated entry counts")
@@ -257,7 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not DATA.is_file():
         print(f"thrifty bench redis_latency: {DATA} is absent", file=sys.stderr)
         return 2
-    url, stop = (args.redis_url, lambda: None) if args.redis_url else start_redis()
+    if args.redis_url:
+        url, stop = args.redis_url, _nothing
+    else:
+        url, stop = start_redis()
     store_embedder = SentenceTransformerEmbedder(EmbedderSettings(memo_size=200_000))
     query_embedder = SentenceTransformerEmbedder(EmbedderSettings(memo_size=0))
     query_embedder.embed(["warm up"])

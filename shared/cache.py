@@ -322,7 +322,7 @@ class SemanticCache:
                                     completion.completion_tokens)
         self.ledger.record(LedgerEvent(
             "call", model=completion.model or canon.model, agent=canon.namespace,
-            workflow=_workflow(canon), tenant=canon.tenant, prompt_tokens=completion.prompt_tokens,
+            workflow=canon.workflow, tenant=canon.tenant, prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens, cost=cost))
         if not self.settings.cache.enabled:
             return self._skip("disabled")
@@ -408,7 +408,7 @@ class SemanticCache:
         if canon is not None and (result.hit or result.refused):
             self.ledger.record(LedgerEvent(
                 "cache_hit" if result.hit else "refused", model=canon.model, agent=canon.namespace,
-                workflow=_workflow(canon), tenant=canon.tenant, saved=result.saved_cost,
+                workflow=canon.workflow, tenant=canon.tenant, saved=result.saved_cost,
                 saved_tokens=result.saved_tokens,
                 detail=result.reason if result.hit else f"{result.refused[0].reason}: {result.refused[0].text}"))
         return result
@@ -513,11 +513,3 @@ def default_verifier(settings: ThriftySettings) -> RuleVerifier:
     return RuleVerifier(min_similarity=vs.min_similarity, reworded_similarity=vs.reworded_similarity,
                         minimal_overlap=vs.minimal_overlap, max_edit_words=vs.max_edit_words,
                         long_text_words=vs.long_text_words, lexicon=lexicon)
-
-
-def _workflow(canon: CanonicalRequest) -> str | None:
-    for key in ("workflow_id", "workflow", "trace_id", "session_id"):
-        value = canon.metadata.get(key)
-        if value not in (None, ""):
-            return str(value)
-    return None

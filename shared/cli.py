@@ -106,10 +106,10 @@ def _report(args: argparse.Namespace) -> int:
         return 2
     events = list(read_events(path))
     total = summarize(events)
-    print(f"{'':<20}{'calls':>8}{'hits':>8}{'refused':>9}{'spent $':>12}{'saved $':>12}")
-    for name, t in sorted(group(events, args.by).items()):
-        print(f"{name:<20}{t.calls:>8}{t.hits:>8}{t.refused:>9}{t.cost:>12.4f}{t.saved:>12.4f}")
-    print(f"{'total':<20}{total.calls:>8}{total.hits:>8}{total.refused:>9}{total.cost:>12.4f}{total.saved:>12.4f}")
+    print(f"{'':<20}{'calls':>8}{'hits':>8}{'joined':>8}{'refused':>9}{'spent $':>12}{'saved $':>12}")
+    rows = [*sorted(group(events, args.by).items()), ("total", total)]
+    for name, t in rows:
+        print(f"{name:<20}{t.calls:>8}{t.hits:>8}{t.joined:>8}{t.refused:>9}{t.cost:>12.4f}{t.saved:>12.4f}")
     return 0
 
 

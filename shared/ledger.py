@@ -1,7 +1,8 @@
 """The ledger: every call made and every call avoided, with its tokens and dollars.
 
 Each :class:`LedgerEvent` is one decision: a call that went upstream (``call``), a call answered
-from the cache (``cache_hit``), a near duplicate the verifier refused to reuse (``refused``).
+from the cache (``cache_hit``), a call that waited for an identical one in flight and shared its
+answer (``joined``), a near duplicate the verifier refused to reuse (``refused``).
 Events are kept in memory and, when a path is set, appended to a JSON-lines file that
 ``thrifty report`` reads. Writing is best effort: a failing file is logged once and the ledger
 goes on in memory.
@@ -21,7 +22,8 @@ from typing import Any, Literal
 
 log = logging.getLogger("thrifty.ledger")
 
-EventKind = Literal["call", "cache_hit", "refused"]
+EventKind = Literal["call", "cache_hit", "joined", "refused"]
+EVENT_KINDS = ("call", "cache_hit", "joined", "refused")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class Totals:
 
     calls: int = 0
     hits: int = 0
+    joined: int = 0
     refused: int = 0
     tokens: int = 0
     cost: float = 0.0
@@ -59,8 +62,11 @@ class Totals:
             self.calls += 1
             self.tokens += event.prompt_tokens + event.completion_tokens
             self.cost += event.cost
-        elif event.kind == "cache_hit":
-            self.hits += 1
+        elif event.kind in ("cache_hit", "joined"):
+            if event.kind == "cache_hit":
+                self.hits += 1
+            else:
+                self.joined += 1
             self.saved += event.saved
             self.saved_tokens += event.saved_tokens
         elif event.kind == "refused":
@@ -122,7 +128,7 @@ def read_events(path: str | Path) -> Iterator[LedgerEvent]:
         for line in file:
             try:
                 data: Any = json.loads(line)
-                if isinstance(data, dict) and data.get("kind") in ("call", "cache_hit", "refused"):
+                if isinstance(data, dict) and data.get("kind") in EVENT_KINDS:
                     yield LedgerEvent(**{k: v for k, v in data.items() if k in known})
             except (json.JSONDecodeError, TypeError):
                 continue

@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import redis
@@ -36,7 +35,7 @@ from redisvl.query import VectorQuery
 from redisvl.query.filter import Tag
 from redisvl.schema import IndexSchema
 
-from .breaker import CircuitBreaker
+from .redis_client import TRANSIENT_ERRORS, GuardedRedis, redact
 from .settings import RedisSettings
 from .store import CacheEntry, Neighbour, Vector
 
@@ -46,16 +45,6 @@ T = TypeVar("T")
 _FIELDS = ("id", "scope", "exact_key", "text", "answer", "namespace", "tenant", "model", "created_at",
            "expires_at", "cost", "tokens", "hits", "last_used", "v")
 _VERSION = "1"
-_TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, asyncio.TimeoutError)
-
-
-def redact(url: str) -> str:
-    """``url`` without its password, for log lines."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 class RedisStore:
@@ -72,15 +61,10 @@ class RedisStore:
         self.max_entries = max_entries
         self.prefix = f"{self.settings.key_prefix}:cache"
         self._lru = f"{self.prefix}:lru"
-        self.breaker = CircuitBreaker(f"Redis cache at {redact(self.url)}",
-                                      failures=self.settings.breaker_failures,
-                                      cooldown=self.settings.breaker_cooldown)
-        options = {"socket_timeout": self.settings.operation_timeout,
-                   "socket_connect_timeout": self.settings.connect_timeout,
-                   "retry_on_timeout": False, "health_check_interval": 0}
-        self._options = options
-        self._client = redis.Redis.from_url(self.url, **options)  # type: ignore[arg-type]
-        self._async_clients: dict[int, aioredis.Redis] = {}
+        self._redis = GuardedRedis(self.url, self.settings, "cache", on_failure=self._lost_contact,
+                                   on_error=self._index_missing)
+        self.breaker = self._redis.breaker
+        self._client = self._redis.client
         self._indexes: dict[int, str] = {}  # vector size -> index name, once created
         self._lock = threading.Lock()
         self._evictions = 0
@@ -88,7 +72,6 @@ class RedisStore:
         self._hits_lock = threading.Lock()
         self._hits_ready = threading.Event()
         self._flusher: threading.Thread | None = None
-        self._logged: set[str] = set()
         self.skipped_entries = 0
         self.search_supported = True
 
@@ -101,7 +84,7 @@ class RedisStore:
     def available(self) -> bool:
         """False while the circuit breaker is open and cooling down: callers should not wait on
         Redis. True again once a probe may be sent."""
-        return self.breaker.ready
+        return self._redis.available
 
     def __len__(self) -> int:
         return int(self._run(lambda: self._client.zcard(self._lru), 0))
@@ -260,64 +243,26 @@ class RedisStore:
     async def arecord_hit(self, entry_id: str, now: float) -> None:
         self.record_hit(entry_id, now)  # only queues: never waits on Redis
 
-    # ------------------------------------------------------------------ guarded calls
+    # ------------------------------------------------------------------ Redis calls
     def _run(self, call: Callable[[], T], default: T) -> T:
-        if not self.breaker.allow():
-            return default
-        try:
-            result = call()
-        except _TRANSIENT as exc:
-            self._failed(exc)
-            return default
-        except redis.exceptions.RedisError as exc:  # the server answered: a data or command error
-            self._answered(exc)
-            return default
-        self._answered()
-        return result
+        return self._redis.run(call, default)
 
     async def _arun(self, call: Callable[[], Awaitable[T]], default: T) -> T:
-        if not self.breaker.allow():
-            return default
-        try:
-            result = await asyncio.wait_for(call(), self.settings.operation_timeout * 2)
-        except _TRANSIENT as exc:
-            self._failed(exc)
-            return default
-        except redis.exceptions.RedisError as exc:
-            self._answered(exc)
-            return default
-        self._answered()
-        return result
-
-    def _failed(self, error: BaseException) -> None:
-        """Redis did not answer. It may come back restarted and empty: check the index then."""
-        self._indexes.clear()
-        self.breaker.failure(error)
-
-    def _answered(self, error: redis.exceptions.RedisError | None = None) -> None:
-        """Redis answered (possibly with an error about the data or the command)."""
-        self.breaker.success()
-        if error is None:
-            return
-        if "no such index" in str(error).lower() or "unknown index" in str(error).lower():
-            self._indexes.clear()  # dropped or lost: recreated on the next call
-            return
-        self._log_once(str(error).split(" ")[0], "thrifty: Redis cache error (%s); treated as a miss", error)
+        return await self._redis.arun(call, default)
 
     def _aclient(self) -> aioredis.Redis:
-        """One asyncio client per event loop (a client is bound to the loop it first ran on)."""
-        loop = id(asyncio.get_running_loop())
-        client = self._async_clients.get(loop)
-        if client is None:
-            if len(self._async_clients) > 8:  # loops come and go (asyncio.run per call): forget old ones
-                self._async_clients.clear()
-            client = self._async_clients[loop] = aioredis.Redis.from_url(self.url, **self._options)  # type: ignore[arg-type]
-        return client
+        return self._redis.aclient()
 
-    def _log_once(self, kind: str, message: str, *args: object) -> None:
-        if kind not in self._logged:
-            self._logged.add(kind)
-            log.warning(message, *args)
+    def _lost_contact(self, error: BaseException) -> None:
+        """Redis did not answer. It may come back restarted and empty: check the index then."""
+        self._indexes.clear()
+
+    def _index_missing(self, error: redis.exceptions.RedisError) -> bool:
+        text = str(error).lower()
+        if "no such index" in text or "unknown index" in text:
+            self._indexes.clear()  # dropped or lost: recreated on the next call
+            return True
+        return False
 
     # ------------------------------------------------------------------ the index
     def _index_name(self, dim: int) -> str | None:
@@ -345,7 +290,7 @@ class RedisStore:
                 if not index.exists():
                     index.create(overwrite=False)
             except Exception as exc:
-                if isinstance(exc, _TRANSIENT) or isinstance(exc.__cause__, _TRANSIENT):
+                if isinstance(exc, TRANSIENT_ERRORS) or isinstance(exc.__cause__, TRANSIENT_ERRORS):
                     raise redis.exceptions.ConnectionError(str(exc)) from exc
                 text = str(exc).lower()
                 if "unknown command" in text or ("ft." in text and "not" in text):

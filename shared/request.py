@@ -60,6 +60,15 @@ class CanonicalRequest:
     ttl_seconds: float | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def workflow(self) -> str | None:
+        """The workflow or trace this request belongs to, from its metadata, for the ledger."""
+        for key in ("workflow_id", "workflow", "trace_id", "session_id"):
+            value = self.metadata.get(key)
+            if value not in (None, ""):
+                return str(value)
+        return None
+
 
 def canonicalize(
     request: Mapping[str, Any],

@@ -133,6 +133,25 @@ class RedisSettings(_Section):
     breaker_cooldown: float = Field(5.0, gt=0, description="seconds before trying a failing Redis again")
 
 
+class DedupSettings(_Section):
+    """Single-flight: concurrent identical requests share one upstream call."""
+
+    enabled: bool = True
+    backend: Literal["memory", "redis"] = Field(
+        "memory", description="memory: within one process; redis: across processes through `redis` "
+        "(each process still joins its own callers first)")
+    max_wait: float = Field(60.0, gt=0, description="seconds a follower waits before calling upstream itself")
+    lease_seconds: float = Field(10.0, gt=0, description="a leader's Redis lease, renewed while its call "
+                                 "runs; a crashed leader's followers take over after this long")
+    result_ttl: float = Field(60.0, gt=0, description="seconds a leader's result stays in Redis for late followers")
+    join_near_duplicates: bool = Field(
+        False, description="also join an in-flight request whose text the verifier accepts as the same "
+        "request (in-process only)")
+    varied_samples: bool = Field(
+        False, description="True if callers rely on different samples from identical requests: requests "
+        "with temperature > 0 and no seed are then never joined")
+
+
 class ModelPrice(_Section):
     """Dollars per token, overriding LiteLLM's model cost map for one model."""
 
@@ -162,6 +181,7 @@ class ThriftySettings(BaseSettings):
     personal_data: PersonalDataSettings = Field(default_factory=PersonalDataSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    dedup: DedupSettings = Field(default_factory=DedupSettings)
     prices: dict[str, ModelPrice] = Field(default_factory=dict, description="model -> price override")
 
     @classmethod

@@ -1,0 +1,422 @@
+"""The gate: the path of one LLM call through thrifty.
+
+For each request the gate decides, in this order:
+
+1. **cache**: a stored answer that answers the request (:mod:`thrifty.cache`) - reused;
+2. **join**: an identical request already in flight, in this process or (with the Redis backend)
+   any other - its answer is awaited and reused;
+3. **call**: otherwise the caller gets a :class:`Ticket` and makes the call; completing the
+   ticket stores the answer, hands it to everyone who joined, and records the call.
+
+Adapters use it through two hooks (``begin`` before the call, ``Ticket.complete`` / ``fail``
+after it), or through ``call`` when they can wrap the call in a function.
+
+What is joined and what never is:
+
+* the key is the cache's exact key: the same scope (model, output-affecting parameters, system
+  prompt, tools, earlier turns, tenant) and the same final turn, normalised;
+* never joined: ``n > 1`` (several samples asked for), ``no_cache`` requests, requests of
+  different tenants (their keys differ), and - when ``dedup.varied_samples`` is set - requests
+  with temperature > 0 and no seed;
+* with ``dedup.join_near_duplicates``, a request may also join an in-flight request whose text
+  passes the cache's similarity and verifier test (in-process only);
+* a leader's deterministic failure (a 4xx-like error: the same request would fail again) is
+  raised to its followers; any other failure makes one follower retry the call itself; a
+  leader that crashes or hangs loses its Redis lease and one follower takes over; nobody waits
+  longer than ``dedup.max_wait`` - then it calls upstream itself;
+* a leader whose stream fails midway fails its followers too (:class:`StreamFailed`), and
+  nothing is cached.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from .cache import Completion, Lookup, SemanticCache
+from .ledger import LedgerEvent
+from .redis_flight import Lease, RedisFlight, Waited
+from .request import CanonicalRequest
+from .settings import ThriftySettings
+from .singleflight import Flight, FlightTable
+
+
+class UpstreamError(RuntimeError):
+    """A leader's failure handed to its followers. ``status_code`` is the upstream's, if any."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.kind = kind
+
+
+class StreamFailed(UpstreamError):
+    """The leader's streamed answer broke off midway; followers get this, and nothing is cached."""
+
+
+def is_deterministic(error: BaseException) -> bool:
+    """Whether the same request would fail the same way again: a 4xx-like error (a bad request,
+    a context-length or content-policy refusal), not a timeout, a rate limit or a server error."""
+    if isinstance(error, StreamFailed):
+        return True
+    status = getattr(error, "status_code", None)
+    if not isinstance(status, int):
+        status = getattr(getattr(error, "response", None), "status_code", None)
+    return isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 425, 429)
+
+
+@dataclass(frozen=True)
+class Reused:
+    """An answer obtained without calling upstream."""
+
+    answer: dict[str, Any]
+    source: Literal["exact", "semantic", "joined"]
+    saved_cost: float
+    saved_tokens: int
+    similarity: float | None = None
+    lookup: Lookup | None = None
+
+
+class Ticket:
+    """The right, and the duty, to call upstream for a request.
+
+    Call :meth:`complete` with the answer or :meth:`fail` with the error when the call ends
+    (their ``a``-prefixed twins in async code). Both are idempotent; a ticket dropped without
+    either leaves its followers to time out (locally) or to take over (through Redis).
+    """
+
+    def __init__(self, gate: Thrifty, request: CanonicalRequest | Mapping[str, Any], *, why: str,
+                 flight: Flight[Any] | None = None, lease: Lease | None = None,
+                 lookup: Lookup | None = None) -> None:
+        self._gate = gate
+        self.request = request
+        self.why = why  # "leader", "alone" (not joinable), "deadline" (waited too long), ...
+        self.lookup = lookup
+        self._flight = flight
+        self._lease = lease
+        self._done = False
+
+    @property
+    def leader(self) -> bool:
+        """Whether other callers may be waiting for this call's answer."""
+        return self._flight is not None
+
+    def complete(self, completion: Completion) -> None:
+        if self._settle():
+            self._resolve(completion)  # followers first: they are waiting
+            if self._lease is not None:
+                self._gate.remote.finish(self._lease, _encode(completion))  # type: ignore[union-attr]
+            self._gate.cache.store(self.request, completion)
+            self._release()
+
+    async def acomplete(self, completion: Completion) -> None:
+        if self._settle():
+            self._resolve(completion)  # followers first: they are waiting
+            if self._lease is not None:
+                await self._gate.remote.afinish(self._lease, _encode(completion))  # type: ignore[union-attr]
+            await self._gate.cache.astore(self.request, completion)
+            self._release()
+
+    def fail(self, error: BaseException, *, mid_stream: bool = False) -> None:
+        if self._settle():
+            shared = self._reject(error, mid_stream)
+            if self._lease is not None:
+                self._gate.remote.finish(self._lease, shared)  # type: ignore[union-attr]
+
+    async def afail(self, error: BaseException, *, mid_stream: bool = False) -> None:
+        if self._settle():
+            shared = self._reject(error, mid_stream)
+            if self._lease is not None:
+                await self._gate.remote.afinish(self._lease, shared)  # type: ignore[union-attr]
+
+    def _settle(self) -> bool:
+        if self._done:
+            return False
+        self._done = True
+        return True
+
+    def _resolve(self, completion: Completion) -> None:
+        if self._flight is not None:
+            self._flight.resolve(completion, release=False)  # joinable until the answer is stored
+
+    def _release(self) -> None:
+        if self._flight is not None:
+            self._flight.release()
+            self._gate._flight_ended(self._flight)
+
+    def _reject(self, error: BaseException, mid_stream: bool) -> str | None:
+        """Settle the local flight with the error; the payload for remote followers, or None to
+        let one of them retry."""
+        shared: BaseException = error
+        if mid_stream:
+            shared = StreamFailed(f"the leader's stream failed midway: {error}",
+                                  status_code=getattr(error, "status_code", None), kind=type(error).__name__)
+        if self._flight is not None:
+            self._flight.reject(shared)
+            self._gate._flight_ended(self._flight)
+        if not is_deterministic(shared):
+            return None
+        return json.dumps({"ok": False, "message": str(shared), "status_code": getattr(shared, "status_code", None),
+                           "kind": type(shared).__name__ if not isinstance(shared, UpstreamError) else shared.kind,
+                           "stream": isinstance(shared, StreamFailed)})
+
+
+# The waits a plan asks its driver for; the decisions stay in the plan, written once.
+@dataclass(frozen=True)
+class _Lookup:
+    request: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class _Acquire:
+    key: str
+
+
+@dataclass(frozen=True)
+class _RemoteWait:
+    key: str
+    deadline: float
+
+
+@dataclass(frozen=True)
+class _LocalWait:
+    flight: Flight[Any]
+    deadline: float
+
+
+_Op = _Lookup | _Acquire | _RemoteWait | _LocalWait
+_Plan = Generator[_Op, Any, "Reused | Ticket"]
+
+
+class Thrifty:
+    """One per process: the cache, the in-flight table and the ledger behind every call.
+
+    Args:
+        settings: everything; default :class:`~thrifty.settings.ThriftySettings`.
+        cache: default a :class:`~thrifty.cache.SemanticCache` from ``settings``.
+        clock: wall-clock seconds, for deadlines.
+    """
+
+    def __init__(self, settings: ThriftySettings | None = None, *, cache: SemanticCache | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings or (cache.settings if cache is not None else ThriftySettings())
+        self.cache = cache if cache is not None else SemanticCache(self.settings)
+        self.ledger = self.cache.ledger
+        self.flights: FlightTable[Completion] = FlightTable()
+        self.clock = clock
+        dedup = self.settings.dedup
+        self.remote: RedisFlight | None = None
+        if dedup.enabled and dedup.backend == "redis":
+            self.remote = RedisFlight(self.settings.cache.redis_url or self.settings.redis.url,
+                                      self.settings.redis, dedup)
+        self._near: dict[str, dict[str, tuple[str, Any]]] = {}  # scope -> key -> (text, vector)
+
+    # ------------------------------------------------------------------ public API
+    def begin(self, request: Mapping[str, Any]) -> Reused | Ticket:
+        """Before a call: a reusable answer, or a ticket to make the call. Raises the leader's
+        deterministic error when the request joined a call that failed with one."""
+        return self._drive(self._plan(request))
+
+    async def abegin(self, request: Mapping[str, Any]) -> Reused | Ticket:
+        """Async twin of :meth:`begin`; never blocks the event loop."""
+        return await self._adrive(self._plan(request))
+
+    def call(self, request: Mapping[str, Any], upstream: Callable[[], Completion]) -> Completion | Reused:
+        """``begin``, then ``upstream()`` if needed, then complete or fail the ticket."""
+        decision = self.begin(request)
+        if isinstance(decision, Reused):
+            return decision
+        try:
+            completion = upstream()
+        except BaseException as exc:
+            decision.fail(exc)
+            raise
+        decision.complete(completion)
+        return completion
+
+    async def acall(self, request: Mapping[str, Any],
+                    upstream: Callable[[], Awaitable[Completion]]) -> Completion | Reused:
+        """Async twin of :meth:`call`."""
+        decision = await self.abegin(request)
+        if isinstance(decision, Reused):
+            return decision
+        try:
+            completion = await upstream()
+        except BaseException as exc:
+            await decision.afail(exc)
+            raise
+        await decision.acomplete(completion)
+        return completion
+
+    def close(self) -> None:
+        self.cache.close()
+        if self.remote is not None:
+            self.remote.close()
+
+    # ------------------------------------------------------------------ the decision
+    def _plan(self, request: Mapping[str, Any]) -> _Plan:
+        found: Lookup = yield _Lookup(request)
+        if found.hit and found.answer is not None:
+            source: Literal["exact", "semantic"] = "exact" if found.tier == "exact" else "semantic"
+            return Reused(found.answer, source, found.saved_cost, found.saved_tokens, found.similarity, found)
+        canon = found.request
+        if canon is None:
+            return Ticket(self, request, why="not_cacheable", lookup=found)
+        refusal = self._never_join(canon, request)
+        if refusal:
+            return Ticket(self, canon, why=refusal, lookup=found)
+        key = self._near_duplicate(canon) or canon.exact_key
+        deadline = self.clock() + self.settings.dedup.max_wait
+        while True:
+            flight = self.flights.claim(key)
+            if flight.leader:
+                lease = None
+                if self.remote is not None:
+                    lease = yield _Acquire(key)
+                    while lease is None:  # another process leads: wait for it, or take over
+                        waited: Waited = yield _RemoteWait(key, deadline)
+                        if waited.outcome == "takeover":
+                            lease = waited.lease
+                        elif waited.outcome == "result":
+                            return self._remote_outcome(waited.payload or "", flight, canon)
+                        else:  # the deadline, or Redis gone: call upstream ourselves
+                            break
+                self._track(canon, key, flight)
+                return Ticket(self, canon, why="leader", flight=flight, lease=lease, lookup=found)
+            status, value = yield _LocalWait(flight, deadline)
+            if status == "ok":
+                return self._joined(value, canon)
+            if status == "timeout":
+                return Ticket(self, canon, why="deadline", lookup=found)
+            if is_deterministic(value):
+                raise value
+            # the leader failed in a way worth retrying: loop, and one of us leads the retry
+
+    def _never_join(self, canon: CanonicalRequest, request: Mapping[str, Any]) -> str | None:
+        dedup = self.settings.dedup
+        if not dedup.enabled:
+            return "dedup_disabled"
+        if canon.no_cache:
+            return "no_cache"
+        n = request.get("n")
+        if isinstance(n, int) and n > 1:
+            return "several_samples"
+        temperature = request.get("temperature")
+        sampled = temperature is None or (isinstance(temperature, (int, float)) and temperature > 0)
+        if dedup.varied_samples and sampled and request.get("seed") is None:
+            return "varied_samples"
+        return None
+
+    def _joined(self, completion: Completion, canon: CanonicalRequest) -> Reused:
+        cost = completion.cost
+        if cost is None:
+            cost = self.cache.prices.cost(completion.model or canon.model, completion.prompt_tokens,
+                                          completion.completion_tokens)
+        tokens = completion.prompt_tokens + completion.completion_tokens
+        self.ledger.record(LedgerEvent("joined", model=completion.model or canon.model, agent=canon.namespace,
+                                       workflow=canon.workflow, tenant=canon.tenant, saved=cost,
+                                       saved_tokens=tokens))
+        return Reused(dict(completion.answer), "joined", cost, tokens)
+
+    def _remote_outcome(self, payload: str, flight: Flight[Completion], canon: CanonicalRequest) -> Reused:
+        """A result another process published: settle our local flight with it, and use it."""
+        data = json.loads(payload)
+        if data.get("ok"):
+            completion = Completion(**data["completion"])
+            flight.resolve(completion)
+            return self._joined(completion, canon)
+        cls = StreamFailed if data.get("stream") else UpstreamError
+        error = cls(str(data.get("message")), status_code=data.get("status_code"), kind=data.get("kind"))
+        flight.reject(error)
+        raise error
+
+    # ------------------------------------------------------------------ near duplicates
+    def _near_duplicate(self, canon: CanonicalRequest) -> str | None:
+        """The key of an in-flight request this one may join by meaning, if enabled and any."""
+        if not self.settings.dedup.join_near_duplicates or canon.semantic_text is None:
+            return None
+        in_flight = self._near.get(canon.scope)
+        if not in_flight:
+            return None
+        vector = self.cache.embedder.embed([canon.semantic_text])[0]  # memoised by the lookup
+        if vector is None:
+            return None
+        best: tuple[float, str] | None = None
+        for key, (text, other) in list(in_flight.items()):
+            if key == canon.exact_key:
+                return key
+            similarity = float(np.dot(vector, other))
+            if similarity < self.settings.cache.search_floor:
+                continue
+            if self.cache.verifier.verify(canon.semantic_text, text, similarity).accepted and (
+                    best is None or similarity > best[0]):
+                best = (similarity, key)
+        return best[1] if best else None
+
+    def _track(self, canon: CanonicalRequest, key: str, flight: Flight[Completion]) -> None:
+        if not self.settings.dedup.join_near_duplicates or canon.semantic_text is None:
+            return
+        vector = self.cache.embedder.embed([canon.semantic_text])[0]
+        if vector is not None:
+            self._near.setdefault(canon.scope, {})[key] = (canon.semantic_text, vector)
+
+    def _flight_ended(self, flight: Flight[Any]) -> None:
+        for scope, in_flight in list(self._near.items()):
+            if in_flight.pop(str(flight.key), None) is not None and not in_flight:
+                del self._near[scope]
+
+    # ------------------------------------------------------------------ drivers
+    def _drive(self, plan: _Plan) -> Reused | Ticket:
+        try:
+            op = next(plan)
+            while True:
+                op = plan.send(self._perform(op))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def _adrive(self, plan: _Plan) -> Reused | Ticket:
+        try:
+            op = next(plan)
+            while True:
+                op = plan.send(await self._aperform(op))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def _perform(self, op: _Op) -> Any:
+        if isinstance(op, _Lookup):
+            return self.cache.lookup(op.request)
+        if isinstance(op, _Acquire):
+            return self.remote.acquire(op.key)  # type: ignore[union-attr]
+        if isinstance(op, _RemoteWait):
+            return self.remote.wait(op.key, op.deadline)  # type: ignore[union-attr]
+        try:
+            return "ok", op.flight.result(timeout=max(0.0, op.deadline - self.clock()))
+        except (TimeoutError, FutureTimeout):
+            return "timeout", None
+        except Exception as exc:  # noqa: BLE001 - the leader's failure, judged by the plan
+            return "error", exc
+
+    async def _aperform(self, op: _Op) -> Any:
+        if isinstance(op, _Lookup):
+            return await self.cache.alookup(op.request)
+        if isinstance(op, _Acquire):
+            return await self.remote.aacquire(op.key)  # type: ignore[union-attr]
+        if isinstance(op, _RemoteWait):
+            return await self.remote.await_(op.key, op.deadline)  # type: ignore[union-attr]
+        try:
+            return "ok", await op.flight.wait(timeout=max(0.0, op.deadline - self.clock()))
+        except TimeoutError:
+            return "timeout", None
+        except Exception as exc:  # noqa: BLE001 - the leader's failure, judged by the plan
+            return "error", exc
+
+
+def _encode(completion: Completion) -> str:
+    return json.dumps({"ok": True, "completion": {**asdict(completion), "answer": dict(completion.answer)}},
+                      ensure_ascii=False, separators=(",", ":"))
