@@ -2,12 +2,12 @@
 
 The first process to ask for a key takes a *lease*: ``SET <prefix>:flight:lease:<key> <token> NX
 PX <lease>``. It renews the lease while its call runs, and when the call ends it stores the
-outcome under ``<prefix>:flight:result:<key>`` (for ``result_ttl`` seconds), publishes on
-``<prefix>:flight:done:<key>`` and releases the lease. Other processes subscribe to that channel
-and wait - no polling loop hammering Redis: they wake on the message, or every half lease to check
-that the leader is still alive. When the lease has expired without a result (the leader crashed
-or hung) or the leader gave up (a failure that is not deterministic), one of the waiting processes
-takes the lease over and makes the call itself.
+outcome under ``<prefix>:flight:result:<key>`` (for ``result_ttl`` seconds, for late comers),
+publishes it on ``<prefix>:flight:done:<key>`` and releases the lease, in one script. Other
+processes subscribe to that channel and wait - no polling loop hammering Redis: they wake on the
+message, or every half lease to check that the leader is still alive. When the lease has expired
+without a result (the leader crashed or hung) or the leader gave up (a failure that is not
+deterministic), one of the waiting processes takes the lease over and makes the call itself.
 
 Outcomes are strings (the caller serialises them). Every Redis call goes through
 :class:`~thrifty.redis_client.GuardedRedis`: when Redis is unreachable, :meth:`acquire` says "go
@@ -33,7 +33,7 @@ return 0
 """
 _FINISH = """
 if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end
-redis.call('PUBLISH', KEYS[3], ARGV[4])
+redis.call('PUBLISH', KEYS[3], ARGV[4] == 'done' and ARGV[2] or 'retry')
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
@@ -148,6 +148,9 @@ class RedisFlight:
                                          "down")
                 if message == "down":
                     return Waited("timeout")
+                published = _payload(message)
+                if published is not None:
+                    return Waited("result", payload=published)
         finally:
             self.redis.run(pubsub.close, None)
 
@@ -173,6 +176,9 @@ class RedisFlight:
                     timeout=wake + self.redis.settings.operation_timeout * 2)
                 if message == "down":
                     return Waited("timeout")
+                published = _payload(message)
+                if published is not None:
+                    return Waited("result", payload=published)
         finally:
             await self.redis.arun(pubsub.aclose, None)
 
@@ -263,3 +269,12 @@ class RedisFlight:
         for stop in self._renewers.values():
             stop.set()
         self.redis.close()
+
+
+def _payload(message: Any) -> str | None:
+    """The outcome carried by a "done" message (the leader publishes it whole), else None."""
+    if not isinstance(message, dict) or message.get("type") != "message":
+        return None
+    data = message.get("data")
+    text = data.decode() if isinstance(data, bytes) else str(data)
+    return None if text == "retry" else text
