@@ -13,6 +13,7 @@ The framework-free core. Start with :class:`SemanticCache`::
 
 from .cache import CacheStats, Completion, Lookup, SemanticCache, Stored
 from .embedded_store import EmbeddedStore
+from .gate import Reused, StreamFailed, Thrifty, Ticket, UpstreamError
 from .embedder import Embedder, SentenceTransformerEmbedder
 from .ledger import Ledger, LedgerEvent
 from .request import CanonicalRequest, InvalidRequest, canonicalize
@@ -22,7 +23,7 @@ from .verifier import RuleVerifier, Verdict, Verifier
 
 __all__ = [
     "CacheEntry", "CacheStats", "CanonicalRequest", "Completion", "EmbeddedStore", "Embedder",
-    "InvalidRequest", "Ledger", "LedgerEvent", "Lookup", "RuleVerifier", "SemanticCache",
-    "SentenceTransformerEmbedder", "SettingsError", "Store", "Stored", "ThriftySettings", "Verdict",
-    "Verifier", "canonicalize",
+    "InvalidRequest", "Ledger", "LedgerEvent", "Lookup", "Reused", "RuleVerifier", "SemanticCache",
+    "SentenceTransformerEmbedder", "SettingsError", "Store", "Stored", "StreamFailed", "Thrifty",
+    "ThriftySettings", "Ticket", "UpstreamError", "Verdict", "Verifier", "canonicalize",
 ]
