@@ -13,8 +13,8 @@ The framework-free core. Start with :class:`SemanticCache`::
 
 from .cache import CacheStats, Completion, Lookup, SemanticCache, Stored
 from .embedded_store import EmbeddedStore
-from .gate import Reused, StreamFailed, Thrifty, Ticket, UpstreamError
 from .embedder import Embedder, SentenceTransformerEmbedder
+from .gate import Reused, StreamFailed, Thrifty, Ticket, UpstreamError
 from .ledger import Ledger, LedgerEvent
 from .request import CanonicalRequest, InvalidRequest, canonicalize
 from .settings import SettingsError, ThriftySettings

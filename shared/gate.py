@@ -35,16 +35,18 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from .cache import Completion, Lookup, SemanticCache
 from .ledger import LedgerEvent
-from .redis_flight import Lease, RedisFlight, Waited
 from .request import CanonicalRequest
 from .settings import ThriftySettings
 from .singleflight import Flight, FlightTable
+
+if TYPE_CHECKING:
+    from .redis_flight import Lease, RedisFlight, Waited
 
 
 class UpstreamError(RuntimeError):
@@ -213,6 +215,8 @@ class Thrifty:
         dedup = self.settings.dedup
         self.remote: RedisFlight | None = None
         if dedup.enabled and dedup.backend == "redis":
+            from .redis_flight import RedisFlight  # needs the thrifty[redis] extra
+
             self.remote = RedisFlight(self.settings.cache.redis_url or self.settings.redis.url,
                                       self.settings.redis, dedup)
         self._near: dict[str, dict[str, tuple[str, Any]]] = {}  # scope -> key -> (text, vector)

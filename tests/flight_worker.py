@@ -4,7 +4,8 @@
 
 MODE is ``burst`` (COUNT concurrent identical requests, started when the test sets the go key),
 ``hang`` (lead one request whose upstream never answers), ``fail400`` (lead one request whose
-upstream fails with a 400) or ``one`` (one request). The upstream counts its calls in Redis
+upstream fails with a 400), ``streamfail`` (lead one streamed request that breaks off midway) or
+``one`` (one request). The upstream counts its calls in Redis
 (``PREFIX:upstream-calls``). Prints one JSON object with what this process saw.
 """
 
@@ -74,7 +75,19 @@ def main() -> None:
             await asyncio.sleep(0.005)
         return list(await asyncio.gather(*(one() for _ in range(count))))
 
-    results = asyncio.run(burst()) if mode == "burst" else [asyncio.run(one())]
+    async def stream_and_fail() -> dict[str, Any]:
+        ticket = await gate.abegin(REQUEST)
+        counter.incr(f"{prefix}:upstream-calls")
+        await asyncio.sleep(float(os.environ.get("DELAY", "1")))  # some chunks went out, then:
+        await ticket.afail(ConnectionResetError("upstream closed the stream"), mid_stream=True)  # type: ignore[union-attr]
+        return {"leader": True}
+
+    if mode == "burst":
+        results = asyncio.run(burst())
+    elif mode == "streamfail":
+        results = [asyncio.run(stream_and_fail())]
+    else:
+        results = [asyncio.run(one())]
     print(json.dumps({"pid": os.getpid(), "results": results}), flush=True)
 
 

@@ -78,6 +78,17 @@ def test_a_deterministic_failure_reaches_followers_in_other_processes(redis_url:
     assert int(client.get(f"{redis_prefix}:upstream-calls") or 0) == 1
 
 
+def test_a_stream_failing_midway_fails_followers_in_other_processes(redis_url: str, redis_prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    leader = start(redis_url, redis_prefix, "streamfail", DELAY="3")
+    wait_for(lambda: int(client.get(f"{redis_prefix}:upstream-calls") or 0) == 1)
+    follower = start(redis_url, redis_prefix, "one", DELAY="0")
+    output(leader)
+    result = output(follower)["results"][0]
+    assert result["error"] == "StreamFailed"
+    assert int(client.get(f"{redis_prefix}:upstream-calls") or 0) == 1  # the follower did not call
+
+
 def test_nobody_waits_past_the_deadline(redis_url: str, redis_prefix: str) -> None:
     client = redis.Redis.from_url(redis_url)
     leader = start(redis_url, redis_prefix, "hang", LEASE="5")

@@ -53,3 +53,18 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         ThriftySettings.load(write(tmp_path, "thrifty: [unclosed"))
     with pytest.raises(SettingsError, match=r"cache\.max_entries"):
         ThriftySettings.load(write(tmp_path, "thrifty:\n  cache:\n    max_entries: 0\n"))
+
+
+def test_the_core_imports_without_the_optional_extras() -> None:
+    """`pip install thrifty` alone: no redis, redisvl, litellm or langchain."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "for name in ('redis', 'redisvl', 'litellm', 'langchain_core'):\n"
+            "    sys.modules[name] = None\n"
+            "import thrifty\n"
+            "from thrifty import SemanticCache, Thrifty, ThriftySettings\n"
+            "Thrifty(ThriftySettings(cache={'backend': 'memory'}, ledger={'path': None}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
