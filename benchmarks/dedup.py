@@ -44,7 +44,7 @@ async def burst(g: Thrifty, count: int, on_call: Any) -> list[tuple[str, float]]
     """``count`` concurrent identical requests; (source, time returned) for each."""
     answered_at: dict[str, float] = {}
 
-    async def upstream() -> Completion:
+    async def upstream(call: dict[str, Any]) -> Completion:
         on_call()
         await asyncio.sleep(0.5)
         answered_at["leader"] = time.time()

@@ -50,6 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     pairs.add_argument("--decisions", type=Path, help="also write every pair's decision (JSON lines)")
     pairs.set_defaults(run=_eval_pairs)
 
+    router = kinds.add_parser("router", help="labelled prompts (CSV: prompt, cheap correct, premium correct)")
+    router.add_argument("--train", type=Path, nargs="+", required=True, help="CSV files to train the scorer on")
+    router.add_argument("--test", type=Path, nargs="+", required=True, help="CSV files to route")
+    router.add_argument("--exclude", type=Path, nargs="*", default=[],
+                        help="JSON-lines files of prompts to drop (RouteLLM's *_contaminated_prompts.jsonl)")
+    router.add_argument("--scorer", choices=["learned", "rules"], default="learned")
+    router.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    router.set_defaults(run=_eval_router)
+
     report = commands.add_parser("report", help="spend and savings from a ledger file")
     report.add_argument("ledger", type=Path, nargs="?", help="ledger file (default: settings.ledger.path)")
     report.add_argument("--by", default="agent", choices=["agent", "model", "workflow", "tenant"])
@@ -94,6 +103,45 @@ def _eval_pairs(args: argparse.Namespace) -> int:
             for row in report.decisions:
                 file.write(json.dumps(row) + "\n")
     print(json.dumps(report.to_json()) if args.json else format_report(report))
+    return 0
+
+
+def _eval_router(args: argparse.Namespace) -> int:
+    from .embedder import SentenceTransformerEmbedder
+    from .router_eval import quality_curve, random_share
+    from .scoring import Features, LearnedScorer, RulesScorer, read_exclusions, read_labelled_csv
+
+    try:
+        exclude = read_exclusions(args.exclude)
+        train = read_labelled_csv(args.train, exclude)
+        test = read_labelled_csv(args.test, exclude)
+    except ValueError as exc:
+        print(f"thrifty: {exc}", file=sys.stderr)
+        return 2
+    if not test or (args.scorer == "learned" and not train):
+        print("thrifty: no labelled prompts to train on or to route", file=sys.stderr)
+        return 2
+    if args.scorer == "rules":
+        rules = RulesScorer()
+        scores = [rules.score(Features(p.text)) for p in test]
+    else:
+        embedder = SentenceTransformerEmbedder(_settings(args).embedder)
+        scorer = LearnedScorer(embedder).fit([p.text for p in train], [p.cheap_ok for p in train],
+                                             [p.premium_ok for p in train])
+        scores = list(scorer.score_texts([p.text for p in test]))
+    report = quality_curve(scores, test)
+    if args.json:
+        print(json.dumps({**report.to_json(), "train_prompts": len(train), "scorer": args.scorer,
+                          "random_premium_share_at_95pct": round(random_share(test), 4)}))
+        return 0
+    print(f"{args.scorer} scorer: trained on {len(train)} prompts, routed {report.test_prompts}")
+    print(f"cheap model alone: {100 * report.cheap_accuracy:.1f}% correct; premium alone: "
+          f"{100 * report.premium_accuracy:.1f}%")
+    print(f"premium share needed for 95% of premium accuracy: {100 * report.premium_share_at_95pct:.1f}% "
+          f"(random routing: {100 * random_share(test):.1f}%)")
+    print("\npremium share   accuracy")
+    for share, accuracy in report.curve:
+        print(f"{100 * share:12.0f}%   {100 * accuracy:7.1f}%")
     return 0
 
 

@@ -147,11 +147,13 @@ class SentenceTransformerEmbedder:
         return await asyncio.to_thread(self.embed, texts)
 
     def embed_truncated(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Vectors of the texts' first window of word pieces, the way caches that truncate embed
-        long texts. For comparisons only: the cache itself never matches a truncated text."""
-        self._ensure_loaded()
-        return np.asarray(self._model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True,
-                                             batch_size=64, show_progress_bar=False), dtype=np.float32)
+        """Vectors of the texts' first window of word pieces (one row per text, never None).
+
+        For features that tolerate truncation (the router's difficulty estimate) and for
+        comparisons with caches that truncate; the cache never *matches* a truncated text.
+        """
+        vectors = self._compute(list(texts), truncate=True)
+        return np.stack([v for v in vectors if v is not None]) if texts else np.empty((0, self.dim), np.float32)
 
     def count_tokens(self, text: str) -> int:
         """Word pieces of ``text`` under the model's tokenizer, special tokens included."""
@@ -290,12 +292,14 @@ class SentenceTransformerEmbedder:
         return np.asarray(session.run(None, feed)[0], dtype=np.float32)
 
     # ------------------------------------------------------------------ encoding
-    def _compute(self, texts: list[str]) -> list[Vector | None]:
+    def _compute(self, texts: list[str], *, truncate: bool = False) -> list[Vector | None]:
         self._ensure_loaded()
         encoded = self._model.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
+        if truncate:  # keep the first window, closing it with the final special token
+            encoded = [ids if len(ids) <= self._window else [*ids[: self._window - 1], ids[-1]] for ids in encoded]
         fits = [(t, ids) for t, ids in zip(texts, encoded) if len(ids) <= self._window]
         vectors: dict[str, Vector] = {}
-        if self._session is None and fits:
+        if self._session is None and fits:  # sentence-transformers truncates to the window itself
             matrix = self._model.encode([t for t, _ in fits], normalize_embeddings=True, convert_to_numpy=True,
                                         batch_size=64, show_progress_bar=False)
             vectors = {t: np.ascontiguousarray(row, dtype=np.float32) for (t, _), row in zip(fits, matrix)}

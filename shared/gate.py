@@ -5,8 +5,12 @@ For each request the gate decides, in this order:
 1. **cache**: a stored answer that answers the request (:mod:`thrifty.cache`) - reused;
 2. **join**: an identical request already in flight, in this process or (with the Redis backend)
    any other - its answer is awaited and reused;
-3. **call**: otherwise the caller gets a :class:`Ticket` and makes the call; completing the
-   ticket stores the answer, hands it to everyone who joined, and records the call.
+3. **call**: otherwise the caller gets a :class:`Ticket` and makes the call - on the model the
+   router picks (:mod:`thrifty.router`), with its worst case reserved against every budget that
+   applies (:mod:`thrifty.budget`). Completing the ticket settles the budget to the real cost,
+   stores the answer, hands it to everyone who joined, and records the call. An answer that
+   fails validation is retried on the next tier (``call`` / ``acall`` do this; hook-based
+   adapters use :meth:`Ticket.escalate`).
 
 Adapters use it through two hooks (``begin`` before the call, ``Ticket.complete`` / ``fail``
 after it), or through ``call`` when they can wrap the call in a function.
@@ -30,18 +34,22 @@ What is joined and what never is:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from .budget import Budget, BudgetExceeded, BudgetStore, Reservation
 from .cache import Completion, Lookup, SemanticCache
 from .ledger import LedgerEvent
 from .request import CanonicalRequest
+from .router import Route, Router, Validator, validation_failure
+from .scoring import Features, RulesScorer
 from .settings import ThriftySettings
 from .singleflight import Flight, FlightTable
 
@@ -88,18 +96,25 @@ class Reused:
 class Ticket:
     """The right, and the duty, to call upstream for a request.
 
-    Call :meth:`complete` with the answer or :meth:`fail` with the error when the call ends
-    (their ``a``-prefixed twins in async code). Both are idempotent; a ticket dropped without
-    either leaves its followers to time out (locally) or to take over (through Redis).
+    Make the call with :meth:`call_request` (the request on the routed model), then call
+    :meth:`complete` with the answer or :meth:`fail` with the error (their ``a``-prefixed twins
+    in async code). Both are idempotent; a ticket dropped without either leaves its followers to
+    time out (locally) or to take over (through Redis), and its reservation to lapse.
     """
 
     def __init__(self, gate: Thrifty, request: CanonicalRequest | Mapping[str, Any], *, why: str,
-                 flight: Flight[Any] | None = None, lease: Lease | None = None,
-                 lookup: Lookup | None = None) -> None:
+                 original: Mapping[str, Any] | None = None, flight: Flight[Any] | None = None,
+                 lease: Lease | None = None, lookup: Lookup | None = None) -> None:
         self._gate = gate
         self.request = request
-        self.why = why  # "leader", "alone" (not joinable), "deadline" (waited too long), ...
+        self.original: Mapping[str, Any] = original if original is not None else (
+            request if not isinstance(request, CanonicalRequest) else {})
+        self.why = why  # "leader", "not_cacheable", "deadline", "several_samples", ...
         self.lookup = lookup
+        self.route = Route(None, None, "passthrough")
+        self.features: Features | None = None
+        self.reservation: Reservation | None = None
+        self.escalations: list[str] = []
         self._flight = flight
         self._lease = lease
         self._done = False
@@ -109,31 +124,77 @@ class Ticket:
         """Whether other callers may be waiting for this call's answer."""
         return self._flight is not None
 
-    def complete(self, completion: Completion) -> None:
+    @property
+    def model(self) -> str | None:
+        """The model to call: the routed tier's, or the one the request named."""
+        model = self.route.model or self.original.get("model")
+        return str(model) if model is not None else None
+
+    def call_request(self) -> dict[str, Any]:
+        """The request to send upstream: the caller's, on :attr:`model`."""
+        return {**self.original, "model": self.model}
+
+    def escalate(self, reason: str, failed: Completion | None = None) -> bool:
+        """The answer on this tier failed validation (``reason``): move to the next tier and
+        reserve its worst case. False when there is none to move to (or no budget for it)."""
+        gate = self._gate
+        router = gate.router
+        if router is None or self.route.tier is None or len(self.escalations) >= router.settings.max_escalations:
+            return False
+        upper = router.next_tier(self.route.tier)
+        if upper is None:
+            return False
+        canon = self.request if isinstance(self.request, CanonicalRequest) else None
+        spent = gate._cost(failed, self.model) if failed is not None else 0.0
+        try:
+            reservation = gate._reserve(self.original, canon, upper.model)
+        except BudgetExceeded:
+            return False
+        gate._settle(self, spent)
+        if self.features is not None:
+            router.escalated(self.features, self.route.tier)
+        gate.ledger.record(LedgerEvent("escalation", model=self.model, agent=canon.namespace if canon else None,
+                                       workflow=canon.workflow if canon else None,
+                                       tenant=canon.tenant if canon else None, cost=spent,
+                                       detail=f"{reason}: {self.route.tier.name} -> {upper.name}"))
+        self.escalations.append(reason)
+        self.route = Route(upper, self.route.score, "escalation")
+        self.reservation = reservation
+        return True
+
+    def complete(self, completion: Completion, *, store: bool = True) -> None:
+        """The call ended with ``completion``. ``store=False`` hands it to the followers but keeps
+        it out of the cache (an answer that failed validation on the last tier)."""
         if self._settle():
             self._resolve(completion)  # followers first: they are waiting
             if self._lease is not None:
                 self._gate.remote.finish(self._lease, _encode(completion))  # type: ignore[union-attr]
-            self._gate.cache.store(self.request, completion)
+            self._gate._settle(self, self._gate._cost(completion, self.model))
+            if store:
+                self._gate.cache.store(self.request, _on_model(completion, self.model))
             self._release()
 
-    async def acomplete(self, completion: Completion) -> None:
+    async def acomplete(self, completion: Completion, *, store: bool = True) -> None:
         if self._settle():
             self._resolve(completion)  # followers first: they are waiting
             if self._lease is not None:
                 await self._gate.remote.afinish(self._lease, _encode(completion))  # type: ignore[union-attr]
-            await self._gate.cache.astore(self.request, completion)
+            self._gate._settle(self, self._gate._cost(completion, self.model))
+            if store:
+                await self._gate.cache.astore(self.request, _on_model(completion, self.model))
             self._release()
 
     def fail(self, error: BaseException, *, mid_stream: bool = False) -> None:
         if self._settle():
             shared = self._reject(error, mid_stream)
+            self._gate._release_budget(self)
             if self._lease is not None:
                 self._gate.remote.finish(self._lease, shared)  # type: ignore[union-attr]
 
     async def afail(self, error: BaseException, *, mid_stream: bool = False) -> None:
         if self._settle():
             shared = self._reject(error, mid_stream)
+            self._gate._release_budget(self)
             if self._lease is not None:
                 await self._gate.remote.afinish(self._lease, shared)  # type: ignore[union-attr]
 
@@ -169,6 +230,13 @@ class Ticket:
                            "stream": isinstance(shared, StreamFailed)})
 
 
+def _on_model(completion: Completion, model: str | None) -> Completion:
+    """The completion labelled with the model that produced it (for prices and the ledger)."""
+    if completion.model or model is None:
+        return completion
+    return replace(completion, model=model)
+
+
 # The waits a plan asks its driver for; the decisions stay in the plan, written once.
 @dataclass(frozen=True)
 class _Lookup:
@@ -192,7 +260,12 @@ class _LocalWait:
     deadline: float
 
 
-_Op = _Lookup | _Acquire | _RemoteWait | _LocalWait
+@dataclass(frozen=True)
+class _Prepare:
+    ticket: Ticket
+
+
+_Op = _Lookup | _Acquire | _RemoteWait | _LocalWait | _Prepare
 _Plan = Generator[_Op, Any, "Reused | Ticket"]
 
 
@@ -202,11 +275,13 @@ class Thrifty:
     Args:
         settings: everything; default :class:`~thrifty.settings.ThriftySettings`.
         cache: default a :class:`~thrifty.cache.SemanticCache` from ``settings``.
+        validator: the user's own check of an answer, ``(completion, request) -> bool | str``; a
+            failing answer is retried on the next tier (with a router).
         clock: wall-clock seconds, for deadlines.
     """
 
     def __init__(self, settings: ThriftySettings | None = None, *, cache: SemanticCache | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 validator: Validator | None = None, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings or (cache.settings if cache is not None else ThriftySettings())
         self.cache = cache if cache is not None else SemanticCache(self.settings)
         self.ledger = self.cache.ledger
@@ -220,6 +295,18 @@ class Thrifty:
             self.remote = RedisFlight(self.settings.cache.redis_url or self.settings.redis.url,
                                       self.settings.redis, dedup)
         self._near: dict[str, dict[str, tuple[str, Any]]] = {}  # scope -> key -> (text, vector)
+        self.router: Router | None = None
+        if self.settings.router.enabled:
+            self.router = Router.from_settings(self.settings.router, self.cache.embedder, prices=self.cache.prices,
+                                               validator=validator)
+        store: BudgetStore | None = None
+        if self.settings.budget.backend == "redis" and self.settings.budget.limits:
+            from .redis_budget import RedisBudgetStore  # needs the thrifty[redis] extra
+
+            store = RedisBudgetStore(self.settings.cache.redis_url or self.settings.redis.url, self.settings.redis)
+        self.budget = Budget(self.settings.budget, self.cache.prices, store=store, ledger=self.ledger)
+        self._prepare_blocks = (self.settings.budget.backend == "redis" and bool(self.settings.budget.limits)) or (
+            self.router is not None and not isinstance(self.router.scorer, RulesScorer))
 
     # ------------------------------------------------------------------ public API
     def begin(self, request: Mapping[str, Any]) -> Reused | Ticket:
@@ -231,32 +318,51 @@ class Thrifty:
         """Async twin of :meth:`begin`; never blocks the event loop."""
         return await self._adrive(self._plan(request))
 
-    def call(self, request: Mapping[str, Any], upstream: Callable[[], Completion]) -> Completion | Reused:
-        """``begin``, then ``upstream()`` if needed, then complete or fail the ticket."""
+    def call(self, request: Mapping[str, Any],
+             upstream: Callable[[dict[str, Any]], Completion]) -> Completion | Reused:
+        """``begin``, then ``upstream(call_request)`` - retried on the next tier while the answer
+        fails validation - then complete or fail the ticket."""
         decision = self.begin(request)
         if isinstance(decision, Reused):
             return decision
-        try:
-            completion = upstream()
-        except BaseException as exc:
-            decision.fail(exc)
-            raise
-        decision.complete(completion)
-        return completion
+        while True:
+            try:
+                completion = upstream(decision.call_request())
+            except BaseException as exc:
+                decision.fail(exc)
+                raise
+            failure = self._validation(decision, completion)
+            if failure is None:
+                decision.complete(completion)
+                return completion
+            if not decision.escalate(failure, completion):
+                decision.complete(completion, store=False)
+                return completion
 
     async def acall(self, request: Mapping[str, Any],
-                    upstream: Callable[[], Awaitable[Completion]]) -> Completion | Reused:
+                    upstream: Callable[[dict[str, Any]], Awaitable[Completion]]) -> Completion | Reused:
         """Async twin of :meth:`call`."""
         decision = await self.abegin(request)
         if isinstance(decision, Reused):
             return decision
-        try:
-            completion = await upstream()
-        except BaseException as exc:
-            await decision.afail(exc)
-            raise
-        await decision.acomplete(completion)
-        return completion
+        while True:
+            try:
+                completion = await upstream(decision.call_request())
+            except BaseException as exc:
+                await decision.afail(exc)
+                raise
+            failure = self._validation(decision, completion)
+            if failure is None:
+                await decision.acomplete(completion)
+                return completion
+            if not decision.escalate(failure, completion):
+                await decision.acomplete(completion, store=False)
+                return completion
+
+    def _validation(self, ticket: Ticket, completion: Completion) -> str | None:
+        if self.router is None or not self.router.settings.escalate or ticket.route.tier is None:
+            return None
+        return validation_failure(completion, ticket.original, self.router.validator)
 
     def close(self) -> None:
         self.cache.close()
@@ -271,10 +377,12 @@ class Thrifty:
             return Reused(found.answer, source, found.saved_cost, found.saved_tokens, found.similarity, found)
         canon = found.request
         if canon is None:
-            return Ticket(self, request, why="not_cacheable", lookup=found)
+            prepared: Ticket = yield _Prepare(Ticket(self, request, why="not_cacheable", lookup=found))
+            return prepared
         refusal = self._never_join(canon, request)
         if refusal:
-            return Ticket(self, canon, why=refusal, lookup=found)
+            prepared = yield _Prepare(Ticket(self, canon, why=refusal, original=request, lookup=found))
+            return prepared
         key = self._near_duplicate(canon) or canon.exact_key
         deadline = self.clock() + self.settings.dedup.max_wait
         while True:
@@ -292,15 +400,74 @@ class Thrifty:
                         else:  # the deadline, or Redis gone: call upstream ourselves
                             break
                 self._track(canon, key, flight)
-                return Ticket(self, canon, why="leader", flight=flight, lease=lease, lookup=found)
+                ticket = Ticket(self, canon, why="leader", original=request, flight=flight, lease=lease, lookup=found)
+                try:
+                    prepared = yield _Prepare(ticket)
+                    return prepared
+                except BaseException as exc:  # no call will be made: let a follower try its own budget
+                    ticket.fail(exc)
+                    raise
             status, value = yield _LocalWait(flight, deadline)
             if status == "ok":
                 return self._joined(value, canon)
             if status == "timeout":
-                return Ticket(self, canon, why="deadline", lookup=found)
+                late = Ticket(self, canon, why="deadline", original=request, lookup=found)
+                prepared = yield _Prepare(late)
+                return prepared
             if is_deterministic(value):
                 raise value
             # the leader failed in a way worth retrying: loop, and one of us leads the retry
+
+    # ------------------------------------------------------------------ routing and budgets
+    def _prepare(self, ticket: Ticket) -> Ticket:
+        """Pick the tier and reserve its worst case; raises BudgetExceeded when nothing fits."""
+        canon = ticket.request if isinstance(ticket.request, CanonicalRequest) else None
+        request = ticket.original
+        if self.router is not None and self.router.routes(request) and canon is not None:
+            text = canon.semantic_text or canon.text
+            vector = self.cache.embedder.embed([text])[0] if canon.semantic_text else None
+            ticket.features = Features.of(request, text, vector)
+            pressure = self.budget.pressure(canon) if self.budget.active else 0.0
+            ticket.route = self.router.route(request, ticket.features, pressure=pressure)
+        if not self.budget.active or canon is None:
+            return ticket
+        try:
+            ticket.reservation = self._reserve(request, canon, ticket.model)
+        except BudgetExceeded as refused:
+            if refused.policy != "downgrade" or self.router is None or ticket.route.tier is None:
+                raise
+            for tier in self.router.cheaper(ticket.route.tier)[1:]:
+                try:
+                    ticket.reservation = self._reserve(request, canon, tier.model)
+                except BudgetExceeded:
+                    continue
+                ticket.route = Route(tier, ticket.route.score, "budget")
+                return ticket
+            raise
+        return ticket
+
+    def _reserve(self, request: Mapping[str, Any], canon: CanonicalRequest | None, model: str | None) -> Reservation:
+        if canon is None or not self.budget.active:
+            return Reservation("", (), 0.0, model)
+        return self.budget.reserve(request, canon, model)
+
+    def _settle(self, ticket: Ticket, cost: float) -> None:
+        if ticket.reservation is not None:
+            canon = ticket.request if isinstance(ticket.request, CanonicalRequest) else None
+            self.budget.settle(ticket.reservation, cost, canon)
+
+    def _release_budget(self, ticket: Ticket) -> None:
+        if ticket.reservation is not None:
+            canon = ticket.request if isinstance(ticket.request, CanonicalRequest) else None
+            self.budget.release(ticket.reservation, canon)
+
+    def _cost(self, completion: Completion | None, model: str | None) -> float:
+        if completion is None:
+            return 0.0
+        if completion.cost is not None:
+            return completion.cost
+        return self.cache.prices.cost(completion.model or model, completion.prompt_tokens,
+                                      completion.completion_tokens)
 
     def _never_join(self, canon: CanonicalRequest, request: Mapping[str, Any]) -> str | None:
         dedup = self.settings.dedup
@@ -380,7 +547,12 @@ class Thrifty:
         try:
             op = next(plan)
             while True:
-                op = plan.send(self._perform(op))
+                try:
+                    result = self._perform(op)
+                except Exception as exc:  # noqa: BLE001 - handed to the plan, which re-raises
+                    op = plan.throw(exc)
+                else:
+                    op = plan.send(result)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
@@ -388,13 +560,20 @@ class Thrifty:
         try:
             op = next(plan)
             while True:
-                op = plan.send(await self._aperform(op))
+                try:
+                    result = await self._aperform(op)
+                except Exception as exc:  # noqa: BLE001 - handed to the plan, which re-raises
+                    op = plan.throw(exc)
+                else:
+                    op = plan.send(result)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
     def _perform(self, op: _Op) -> Any:
         if isinstance(op, _Lookup):
             return self.cache.lookup(op.request)
+        if isinstance(op, _Prepare):
+            return self._prepare(op.ticket)
         if isinstance(op, _Acquire):
             return self.remote.acquire(op.key)  # type: ignore[union-attr]
         if isinstance(op, _RemoteWait):
@@ -409,6 +588,10 @@ class Thrifty:
     async def _aperform(self, op: _Op) -> Any:
         if isinstance(op, _Lookup):
             return await self.cache.alookup(op.request)
+        if isinstance(op, _Prepare):  # Redis budgets or the learned scorer would block the loop
+            if self._prepare_blocks:
+                return await asyncio.to_thread(self._prepare, op.ticket)
+            return self._prepare(op.ticket)
         if isinstance(op, _Acquire):
             return await self.remote.aacquire(op.key)  # type: ignore[union-attr]
         if isinstance(op, _RemoteWait):

@@ -2,7 +2,9 @@
 
 Each :class:`LedgerEvent` is one decision: a call that went upstream (``call``), a call answered
 from the cache (``cache_hit``), a call that waited for an identical one in flight and shared its
-answer (``joined``), a near duplicate the verifier refused to reuse (``refused``).
+answer (``joined``), a near duplicate the verifier refused to reuse (``refused``), an answer
+retried on a stronger tier (``escalation``), and the budget's bookkeeping (``reserve``,
+``settle``, ``release``, ``budget_refused``).
 Events are kept in memory and, when a path is set, appended to a JSON-lines file that
 ``thrifty report`` reads. Writing is best effort: a failing file is logged once and the ledger
 goes on in memory.
@@ -22,8 +24,10 @@ from typing import Any, Literal
 
 log = logging.getLogger("thrifty.ledger")
 
-EventKind = Literal["call", "cache_hit", "joined", "refused"]
-EVENT_KINDS = ("call", "cache_hit", "joined", "refused")
+EventKind = Literal["call", "cache_hit", "joined", "refused", "escalation", "reserve", "settle", "release",
+                    "budget_refused"]
+EVENT_KINDS = ("call", "cache_hit", "joined", "refused", "escalation", "reserve", "settle", "release",
+               "budget_refused")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class Totals:
     hits: int = 0
     joined: int = 0
     refused: int = 0
+    escalations: int = 0
+    budget_refusals: int = 0
     tokens: int = 0
     cost: float = 0.0
     saved: float = 0.0
@@ -71,6 +77,10 @@ class Totals:
             self.saved_tokens += event.saved_tokens
         elif event.kind == "refused":
             self.refused += 1
+        elif event.kind == "escalation":
+            self.escalations += 1
+        elif event.kind == "budget_refused":
+            self.budget_refusals += 1
 
 
 class Ledger:

@@ -59,7 +59,11 @@ class GuardedRedis:
             "socket_timeout": settings.operation_timeout, "socket_connect_timeout": settings.connect_timeout,
             "retry_on_timeout": False, "health_check_interval": 0,
         }
-        self.client = redis.Redis.from_url(url, **self._options)
+        # A blocking pool: a burst of callers waits its turn for a connection (up to the operation
+        # timeout) instead of failing with "too many connections" - which would read as an outage.
+        pool = redis.BlockingConnectionPool.from_url(url, max_connections=settings.max_connections,
+                                                     timeout=settings.operation_timeout, **self._options)
+        self.client = redis.Redis(connection_pool=pool)
         self._async_clients: dict[int, aioredis.Redis] = {}
         self._on_failure = on_failure
         self._on_error = on_error
@@ -77,7 +81,10 @@ class GuardedRedis:
         if client is None:
             if len(self._async_clients) > 8:  # loops come and go (asyncio.run per call)
                 self._async_clients.clear()
-            client = self._async_clients[loop] = aioredis.Redis.from_url(self.url, **{**self._options, **options})
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=self.settings.max_connections, timeout=self.settings.operation_timeout,
+                **{**self._options, **options})
+            client = self._async_clients[loop] = aioredis.Redis(connection_pool=pool)
         return client
 
     def run(self, call: Callable[[], T], default: T) -> T:

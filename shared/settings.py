@@ -129,6 +129,7 @@ class RedisSettings(_Section):
                             description="prefix of every key and index thrifty creates")
     operation_timeout: float = Field(0.25, gt=0, description="seconds before a Redis call counts as failed")
     connect_timeout: float = Field(0.25, gt=0)
+    max_connections: int = Field(64, ge=1, description="connections per process; callers beyond wait their turn")
     breaker_failures: int = Field(3, ge=1, description="consecutive failures that stop calls to Redis")
     breaker_cooldown: float = Field(5.0, gt=0, description="seconds before trying a failing Redis again")
 
@@ -150,6 +151,64 @@ class DedupSettings(_Section):
     varied_samples: bool = Field(
         False, description="True if callers rely on different samples from identical requests: requests "
         "with temperature > 0 and no seed are then never joined")
+
+
+class TierSettings(_Section):
+    """One tier of models the router may pick, named by the user."""
+
+    name: str = Field(min_length=1)
+    model: str = Field(min_length=1, description="the model name the call is made with")
+
+
+class RouterSettings(_Section):
+    """Which tier answers a request: cheap where a cheap model does as well, premium where not."""
+
+    enabled: bool = False
+    tiers: list[TierSettings] = Field(default_factory=list, description="cheapest first")
+    route_models: list[str] = Field(default_factory=lambda: ["auto"],
+                                    description="requested model names the router resolves to a tier")
+    scorer: Literal["rules", "learned"] = "rules"
+    training_data: list[Path] = Field(default_factory=list,
+                                      description="CSV files (prompt, cheap correct, premium correct) for the "
+                                      "learned scorer")
+    premium_share: float | None = Field(None, gt=0, le=1, description="target: at most this share of "
+                                        "requests go to the top tier")
+    quality: float | None = Field(None, gt=0, le=1, description="target: keep this share of the top "
+                                  "tier's quality (calibrated on the training data)")
+    thresholds: list[float] | None = Field(None, description="explicit score boundaries between tiers")
+    escalate: bool = Field(True, description="retry on the next tier when an answer fails validation")
+    max_escalations: int = Field(2, ge=0)
+    overrides: dict[str, str] = Field(default_factory=dict, description='"agent:<name>" or "task:<type>" -> '
+                                      "tier name, always")
+    downgrade_from: float = Field(0.8, ge=0, le=1, description="budget use from which cheaper tiers are preferred")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _ascending(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and value != sorted(value):
+            raise ValueError("thresholds must be ascending")
+        return value
+
+
+class LimitSettings(_Section):
+    """One spending limit."""
+
+    scope: Literal["request", "workflow", "tenant", "user", "agent", "global"]
+    usd: float = Field(gt=0)
+    window: Literal["hour", "day", "week", "month"] | None = Field(
+        None, description="a rolling window; None: the scope's whole life")
+    policy: Literal["raise", "downgrade", "cache_only"] = "raise"
+
+
+class BudgetSettings(_Section):
+    """Spending limits that concurrent calls cannot overrun."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    limits: list[LimitSettings] = Field(default_factory=list)
+    reservation_ttl: float = Field(600.0, gt=0, description="seconds before a crashed call's reservation lapses")
+    default_max_output_tokens: int = Field(4096, ge=1, description="worst-case answer length when neither the "
+                                           "request nor the price map says")
+    workflow_keys: list[str] = Field(default_factory=lambda: ["workflow_id", "workflow", "trace_id", "session_id"])
 
 
 class ModelPrice(_Section):
@@ -182,6 +241,8 @@ class ThriftySettings(BaseSettings):
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     dedup: DedupSettings = Field(default_factory=DedupSettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
     prices: dict[str, ModelPrice] = Field(default_factory=dict, description="model -> price override")
 
     @classmethod

@@ -48,7 +48,7 @@ def main() -> None:
     gate = Thrifty(cache=SemanticCache(settings, ledger=Ledger(), prices=PriceTable(use_litellm=False)))
     counter = redis.Redis.from_url(url)
 
-    async def upstream() -> Completion:
+    async def upstream(call: dict[str, Any]) -> Completion:
         counter.incr(f"{prefix}:upstream-calls")
         if mode == "hang":
             await asyncio.sleep(3600)

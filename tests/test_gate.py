@@ -43,7 +43,7 @@ def gate(embedder: SentenceTransformerEmbedder, **settings: Any) -> Thrifty:
 
 
 async def ask(g: Thrifty, upstream: Upstream, text: str, **extra: Any) -> Completion | Reused:
-    return await g.acall(chat(text, **extra), lambda: upstream(text))
+    return await g.acall(chat(text, **extra), lambda call: upstream(text))
 
 
 def test_a_thousand_concurrent_identical_requests_make_one_upstream_call(embedder: SentenceTransformerEmbedder) -> None:
@@ -235,7 +235,7 @@ def test_threads_join_through_the_sync_api(embedder: SentenceTransformerEmbedder
     lock = threading.Lock()
     barrier = threading.Barrier(8)
 
-    def upstream() -> Completion:
+    def upstream(call: dict[str, Any]) -> Completion:
         nonlocal calls
         with lock:
             calls += 1

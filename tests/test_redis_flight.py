@@ -107,7 +107,7 @@ def test_redis_down_falls_back_to_in_process_single_flight(embedder: SentenceTra
     gate = Thrifty(cache=cache)
     calls = 0
 
-    async def upstream() -> Completion:
+    async def upstream(call: dict[str, Any]) -> Completion:
         nonlocal calls
         calls += 1
         await asyncio.sleep(0.3)
@@ -130,6 +130,6 @@ def test_sync_callers_in_two_processes_share_one_call(redis_url: str, redis_pref
     leader = start(redis_url, redis_prefix, "one", DELAY="3")
     wait_for(lambda: int(client.get(f"{redis_prefix}:upstream-calls") or 0) == 1)
     request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "What's the status of order 44921?"}]}
-    result = gate.call(request, lambda: answer("never called"))
+    result = gate.call(request, lambda call: answer("never called"))
     assert isinstance(result, Reused) and result.source == "joined"
     assert result.answer["content"] == output(leader)["results"][0]["content"]
