@@ -273,6 +273,29 @@ class Budget:
                                            detail=detail))
 
 
+def spent_from_ledger(limits: Sequence[LimitSettings], events: Sequence[LedgerEvent],
+                      now: float | None = None) -> list[tuple[str, float, float]]:
+    """(label, limit, spent) per limit and owner, from the calls recorded in a ledger: what
+    ``thrifty report`` shows. Per-request limits have no owner to total and user limits are not in
+    the ledger, so both are left out; windows are counted back from ``now``."""
+    now = time.time() if now is None else now
+    rows: list[tuple[str, float, float]] = []
+    for limit in limits:
+        if limit.scope in ("request", "user"):
+            continue
+        start = now - WINDOW_SECONDS[limit.window] if limit.window else -math.inf
+        spent: dict[str, float] = {}
+        for event in events:
+            if event.kind != "call" or event.at < start:
+                continue
+            owner = "all" if limit.scope == "global" else getattr(event, limit.scope)
+            if owner is not None:
+                spent[str(owner)] = spent.get(str(owner), 0.0) + event.cost
+        suffix = f" (per {limit.window})" if limit.window else ""
+        rows.extend((f"{limit.scope} {owner}{suffix}", limit.usd, total) for owner, total in sorted(spent.items()))
+    return rows
+
+
 def prompt_tokens(request: Mapping[str, Any], model: str | None) -> int:
     """Tokens of the request's messages and tools: LiteLLM's counter when LiteLLM is installed
     (offline, with its bundled tokenizers), otherwise one token per three characters (an

@@ -146,6 +146,7 @@ def _eval_router(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from .budget import spent_from_ledger
     from .ledger import group, read_events, summarize
 
     path = args.ledger or _settings(args).ledger.path
@@ -158,6 +159,11 @@ def _report(args: argparse.Namespace) -> int:
     rows = [*sorted(group(events, args.by).items()), ("total", total)]
     for name, t in rows:
         print(f"{name:<20}{t.calls:>8}{t.hits:>8}{t.joined:>8}{t.refused:>9}{t.cost:>12.4f}{t.saved:>12.4f}")
+    rows_left = spent_from_ledger(_settings(args).budget.limits, events)
+    if rows_left:
+        print(f"\n{'budget':<36}{'limit $':>10}{'spent $':>12}{'left $':>12}")
+        for label, limit, spent in rows_left:
+            print(f"{label:<36}{limit:>10.4f}{spent:>12.4f}{max(0.0, limit - spent):>12.4f}")
     return 0
 
 

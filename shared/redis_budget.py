@@ -7,15 +7,20 @@ and ``:tot`` (a hash with the running ``spent`` and ``reserved`` totals). Member
 ``<reservation id>|<amount>``. Each script first drops costs that left the window and
 reservations that lapsed (a crashed caller's), then checks or books.
 
-If Redis cannot be reached the store lets calls through (logged once): the user's call must not
-fail because thrifty's bookkeeping is down. Spend during the outage is not counted.
+If Redis cannot be reached (or answers slower than ``redis.operation_timeout``) the user's call
+must not fail because thrifty's bookkeeping is down, and one process must not spend without limit
+either: each process then keeps its own books in a :class:`~thrifty.budget.MemoryBudgetStore` and
+holds the limits on its own. During an outage N processes can spend up to N times a limit, and
+what they spend is not added to Redis's books afterwards.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from typing import cast
 
-from .budget import Charge, Reservation
+from .budget import Charge, MemoryBudgetStore, Reservation
 from .redis_client import GuardedRedis
 from .settings import RedisSettings
 
@@ -81,6 +86,9 @@ return {tostring(spent), tostring(reserved)}
 """
 
 
+_UNREACHABLE = object()
+
+
 def _amount(value: float) -> str:
     return f"{value:.12g}"
 
@@ -95,6 +103,9 @@ class RedisBudgetStore:
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
         self._usage = client.register_script(_USAGE)
+        self.local = MemoryBudgetStore()  # the books while Redis is out
+        self._local_ids: set[str] = set()
+        self._lock = threading.Lock()
 
     def _keys(self, charges: Sequence[Charge]) -> list[str]:
         keys = []
@@ -108,8 +119,14 @@ class RedisBudgetStore:
         args: list[str | float] = [now, ttl, _amount(amount), reservation_id]
         for charge in charges:
             args += [charge.limit, charge.window or 0]
-        blocked = self.redis.run(lambda: self._reserve(keys=self._keys(charges), args=args), 0)
-        return int(blocked) - 1 if blocked else None  # type: ignore[arg-type]
+        blocked = self.redis.run(lambda: self._reserve(keys=self._keys(charges), args=args), _UNREACHABLE)
+        if blocked is _UNREACHABLE:
+            refused = self.local.reserve(charges, amount, reservation_id, now, ttl)
+            if refused is None:
+                with self._lock:
+                    self._local_ids.add(reservation_id)
+            return refused
+        return int(blocked) - 1 if blocked else None  # type: ignore[call-overload]
 
     def settle(self, reservation: Reservation, actual: float, now: float) -> None:
         self._finish(reservation, _amount(actual), now)
@@ -119,15 +136,24 @@ class RedisBudgetStore:
 
     def usage(self, charge: Charge, now: float) -> tuple[float, float]:
         keys = self._keys([charge])
-        result = self.redis.run(lambda: self._usage(keys=keys, args=[now, charge.window or 0]), None)
-        if not result:
-            return 0.0, 0.0
-        spent, reserved = result  # type: ignore[misc]
+        result = self.redis.run(lambda: self._usage(keys=keys, args=[now, charge.window or 0]), _UNREACHABLE)
+        if result is _UNREACHABLE:
+            return self.local.usage(charge, now)
+        spent, reserved = cast("list[bytes]", result)
         return float(spent), float(reserved)
 
     def _finish(self, reservation: Reservation, actual: str | None, now: float) -> None:
         args: list[str | float] = [now, reservation.id, _amount(reservation.amount),
                                    actual if actual is not None else "none"]
         args += [c.window or 0 for c in reservation.charges]
-        keys = self._keys(reservation.charges)
-        self.redis.run(lambda: self._settle(keys=keys, args=args), None)
+        with self._lock:
+            local = reservation.id in self._local_ids
+            self._local_ids.discard(reservation.id)
+        if not local:
+            keys = self._keys(reservation.charges)
+            local = self.redis.run(lambda: self._settle(keys=keys, args=args), _UNREACHABLE) is _UNREACHABLE
+        if local:  # reserved here, or Redis lost between reserve and settle: count the cost here
+            if actual is None:
+                self.local.release(reservation, now)
+            else:
+                self.local.settle(reservation, float(actual), now)

@@ -115,6 +115,7 @@ def overspend_attempt(b: Budget, calls: int, real_cost: float) -> tuple[int, int
     lock = threading.Lock()
     barrier = threading.Barrier(calls)
     canon = canonicalize(req(metadata={"tenant": "acme"}))
+    assert real_cost <= b.worst_case(req(metadata={"tenant": "acme"}), "big-model")  # what a reservation promises
 
     def one() -> None:
         nonlocal ok, refused
@@ -140,21 +141,30 @@ def overspend_attempt(b: Budget, calls: int, real_cost: float) -> tuple[int, int
 
 def test_500_concurrent_calls_cannot_overspend_in_process() -> None:
     b = budget([{"scope": "tenant", "usd": 0.5}])
-    ok, refused, spent = overspend_attempt(b, 500, real_cost=0.0032)
+    ok, refused, spent = overspend_attempt(b, 500, real_cost=0.003)
     assert ok + refused == 500 and refused > 0
     assert spent <= 0.5 + 1e-9
 
 
 def test_the_redis_store_cannot_be_overspent_either(redis_url: str, redis_prefix: str) -> None:
-    store = RedisBudgetStore(redis_url, RedisSettings(key_prefix=redis_prefix))
+    store = RedisBudgetStore(redis_url, RedisSettings(key_prefix=redis_prefix, operation_timeout=5))
     b = budget([{"scope": "tenant", "usd": 0.5}], store=store)
-    ok, refused, spent = overspend_attempt(b, 200, real_cost=0.0032)
+    ok, refused, spent = overspend_attempt(b, 200, real_cost=0.003)
     assert ok + refused == 200 and refused > 0 and spent <= 0.5 + 1e-9
+    assert spent == pytest.approx(ok * 0.003) and not store._local_ids  # every book kept in Redis
+
+
+def test_while_redis_is_out_each_process_still_holds_the_limit() -> None:
+    store = RedisBudgetStore("redis://127.0.0.1:1", RedisSettings(connect_timeout=0.05, operation_timeout=0.05))
+    b = budget([{"scope": "tenant", "usd": 0.5}], store=store)
+    ok, refused, spent = overspend_attempt(b, 300, real_cost=0.003)
+    assert ok + refused == 300 and refused > 0 and spent <= 0.5 + 1e-9
+    assert spent == pytest.approx(ok * 0.003)
 
 
 def test_redis_windows_and_lapses(redis_url: str, redis_prefix: str) -> None:
     clock = Clock(2_000_000.0)
-    store = RedisBudgetStore(redis_url, RedisSettings(key_prefix=redis_prefix))
+    store = RedisBudgetStore(redis_url, RedisSettings(key_prefix=redis_prefix, operation_timeout=5))
     b = budget([{"scope": "global", "usd": 0.005, "window": "hour"}], store=store, clock=clock, ttl=60)
     canon = canonicalize(req())
     b.settle(b.reserve(req(), canon, "big-model"), 0.004, canon)
@@ -187,7 +197,7 @@ def test_four_processes_on_redis_cannot_overspend(redis_url: str, redis_prefix: 
     ok = sum(o["ok"] for o in outputs)
     refused = sum(o["refused"] for o in outputs)
     assert ok + refused == 500 and refused > 0
-    store = RedisBudgetStore(redis_url, RedisSettings(key_prefix=redis_prefix))
+    store = RedisBudgetStore(redis_url, RedisSettings(key_prefix=redis_prefix, operation_timeout=5))
     b = budget([{"scope": "tenant", "usd": 0.5}], store=store)
     spent, reserved = store.usage(b.charges(canonicalize(req(metadata={"tenant": "acme"})))[0], b.clock())
     assert spent <= 0.5 + 1e-9 and reserved == pytest.approx(0.0, abs=1e-9)

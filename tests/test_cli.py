@@ -92,6 +92,22 @@ def test_report_reads_a_ledger_file(tmp_path: Path) -> None:
     assert run("report", str(tmp_path / "missing.jsonl")).returncode == 2
 
 
+def test_report_shows_what_is_left_of_each_budget(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_text("\n".join(json.dumps(e) for e in [
+        {"kind": "call", "tenant": "acme", "cost": 1.25},
+        {"kind": "call", "tenant": "acme", "cost": 0.5},
+        {"kind": "call", "tenant": "globex", "cost": 4.0},
+        {"kind": "call", "tenant": "acme", "cost": 9.0, "at": 0},  # long ago: outside the daily window
+    ]))
+    config = tmp_path / "c.yaml"
+    config.write_text("thrifty:\n  budget:\n    limits:\n      - {scope: tenant, usd: 5, window: day}\n")
+    result = run("--config", str(config), "report", str(ledger), "--by", "tenant")
+    assert result.returncode == 0, result.stderr
+    assert "tenant acme (per day)" in result.stdout and "3.2500" in result.stdout  # 5 - 1.75 left
+    assert "tenant globex (per day)" in result.stdout and "1.0000" in result.stdout
+
+
 def test_bad_settings_file_is_a_clear_error(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("thrifty:\n  cache:\n    ttl_seconds: -5\n")
