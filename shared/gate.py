@@ -425,7 +425,9 @@ class Thrifty:
         request = ticket.original
         if self.router is not None and self.router.routes(request) and canon is not None:
             text = canon.semantic_text or canon.text
-            vector = self.cache.embedder.embed([text])[0] if canon.semantic_text else None
+            # the embedder memoises: this is the vector the cache lookup computed, not a new one
+            wants_vector = not isinstance(self.router.scorer, RulesScorer) and canon.semantic_text
+            vector = self.cache.embedder.embed([text])[0] if wants_vector else None
             ticket.features = Features.of(request, text, vector)
             pressure = self.budget.pressure(canon) if self.budget.active else 0.0
             ticket.route = self.router.route(request, ticket.features, pressure=pressure)

@@ -86,9 +86,18 @@ class Scorer(Protocol):
         """Record an observed outcome (an escalation: the cheap tier failed). May do nothing."""
 
 
+_EASY_TASKS = frozenset({"lookup", "classification", "classify", "extraction", "extract", "formatting", "format",
+                         "translation", "translate", "summarization", "summarisation", "summarize", "routing",
+                         "chitchat", "faq"})
+_HARD_TASKS = frozenset({"reasoning", "math", "maths", "code", "coding", "planning", "plan", "analysis", "legal",
+                         "research", "review", "writing"})
+
+
 class RulesScorer:
     """Fixed rules: longer, more numerical, more technical, deeper and tool-using requests score
-    higher. No training; a few microseconds per request."""
+    higher, and so do hard task types in metadata (``task: reasoning``, ``code``, ``math``, ...);
+    easy ones (``lookup``, ``extraction``, ``translation``, ...) lower. No training; a few
+    microseconds per request."""
 
     def score(self, features: Features) -> float:
         text = features.text
@@ -98,6 +107,8 @@ class RulesScorer:
         z += 0.8 * bool(_CODE.search(text)) + 0.6 * min(len(_HARD_WORDS.findall(text)), 3)
         z -= 0.6 * bool(_EASY_WORDS.search(text))
         z += 0.15 * min(features.messages - 1, 10) + 0.4 * features.tools + 0.3 * features.json_output
+        task = (features.task or "").lower()
+        z += 1.2 * (task in _HARD_TASKS) - 1.2 * (task in _EASY_TASKS)
         return float(1.0 / (1.0 + np.exp(-z)))
 
     def learn(self, features: Features, cheap_ok: bool, premium_ok: bool = True) -> None:

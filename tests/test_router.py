@@ -46,6 +46,9 @@ def test_rules_scorer_ranks_hard_requests_above_easy_ones() -> None:
     hard = np.mean([scorer.score(Features(t)) for t in HARD])
     assert hard > easy + 0.2
     assert scorer.score(Features("hi", messages=12, tools=True)) > scorer.score(Features("hi"))
+    text = "Look at the numbers in this quarter's report."
+    assert scorer.score(Features(text, task="extraction")) < scorer.score(Features(text)) \
+        < scorer.score(Features(text, task="Reasoning"))
     assert all(0.0 <= scorer.score(Features(t)) <= 1.0 for t in EASY + HARD + ["", "x" * 10000])
 
 
