@@ -51,9 +51,12 @@ class Charge:
 
 class BudgetExceeded(RuntimeError):
     """A call would pass a limit. The message names the scope, the limit, what is spent (and
-    reserved by calls in flight) and what this call could cost. HTTP-wise a 429."""
+    reserved by calls in flight) and what this call could cost.
 
-    status_code = 429
+    HTTP-wise a 422, as LiteLLM's own budget errors: OpenAI clients and LiteLLM's Router retry a
+    429, and retrying a refused call only spends time."""
+
+    status_code = 422
 
     def __init__(self, charge: Charge, spent: float, reserved: float, cost: float) -> None:
         self.scope = charge.label

@@ -112,12 +112,18 @@ class Ticket:
         self.why = why  # "leader", "not_cacheable", "deadline", "several_samples", ...
         self.lookup = lookup
         self.route = Route(None, None, "passthrough")
+        self.router: Router | None = None  # the router that picked the tier, when one did
         self.features: Features | None = None
         self.reservation: Reservation | None = None
         self.escalations: list[str] = []
         self._flight = flight
         self._lease = lease
         self._done = False
+
+    @property
+    def done(self) -> bool:
+        """Whether the ticket was completed or failed."""
+        return self._done
 
     @property
     def leader(self) -> bool:
@@ -138,7 +144,7 @@ class Ticket:
         """The answer on this tier failed validation (``reason``): move to the next tier and
         reserve its worst case. False when there is none to move to (or no budget for it)."""
         gate = self._gate
-        router = gate.router
+        router = self.router
         if router is None or self.route.tier is None or len(self.escalations) >= router.settings.max_escalations:
             return False
         upper = router.next_tier(self.route.tier)
@@ -161,6 +167,32 @@ class Ticket:
         self.route = Route(upper, self.route.score, "escalation")
         self.reservation = reservation
         return True
+
+    def validation_failure(self, completion: Completion) -> str | None:
+        """Why ``completion`` is not usable (see :func:`thrifty.router.validation_failure`), for a
+        routed request whose router escalates; None otherwise."""
+        router = self.router
+        if router is None or not router.settings.escalate or self.route.tier is None:
+            return None
+        return validation_failure(completion, self.original, router.validator)
+
+    def answered(self, completion: Completion) -> bool:
+        """The upstream answered ``completion``. When it fails validation and a higher tier is
+        left (and affordable), escalate and return True: call again with :meth:`call_request`.
+        Otherwise complete the ticket - storing the answer only if it passed - and return False."""
+        failure = self.validation_failure(completion)
+        if failure is not None and self.escalate(failure, completion):
+            return True
+        self.complete(completion, store=failure is None)
+        return False
+
+    async def aanswered(self, completion: Completion) -> bool:
+        """Async twin of :meth:`answered`."""
+        failure = self.validation_failure(completion)
+        if failure is not None and self.escalate(failure, completion):
+            return True
+        await self.acomplete(completion, store=failure is None)
+        return False
 
     def complete(self, completion: Completion, *, store: bool = True) -> None:
         """The call ended with ``completion``. ``store=False`` hands it to the followers but keeps
@@ -295,18 +327,36 @@ class Thrifty:
             self.remote = RedisFlight(self.settings.cache.redis_url or self.settings.redis.url,
                                       self.settings.redis, dedup)
         self._near: dict[str, dict[str, tuple[str, Any]]] = {}  # scope -> key -> (text, vector)
-        self.router: Router | None = None
+        self.validator = validator
+        self.routers: list[Router] = []
         if self.settings.router.enabled:
-            self.router = Router.from_settings(self.settings.router, self.cache.embedder, prices=self.cache.prices,
-                                               validator=validator)
+            self.routers.append(Router.from_settings(self.settings.router, self.cache.embedder,
+                                                     prices=self.cache.prices, validator=validator))
         store: BudgetStore | None = None
         if self.settings.budget.backend == "redis" and self.settings.budget.limits:
             from .redis_budget import RedisBudgetStore  # needs the thrifty[redis] extra
 
             store = RedisBudgetStore(self.settings.cache.redis_url or self.settings.redis.url, self.settings.redis)
         self.budget = Budget(self.settings.budget, self.cache.prices, store=store, ledger=self.ledger)
-        self._prepare_blocks = (self.settings.budget.backend == "redis" and bool(self.settings.budget.limits)) or (
-            self.router is not None and not isinstance(self.router.scorer, RulesScorer))
+
+    @property
+    def router(self) -> Router | None:
+        """The router from the settings (or the first one added), if any."""
+        return self.routers[0] if self.routers else None
+
+    def add_router(self, router: Router) -> None:
+        """Route requests for ``router.settings.route_models`` with ``router``, ahead of the
+        routers already there (an adapter's model group, say)."""
+        self.routers.insert(0, router)
+
+    def router_for(self, request: Mapping[str, Any]) -> Router | None:
+        """The router that resolves ``request``'s model, or None when it passes through."""
+        return next((r for r in self.routers if r.routes(request)), None)
+
+    @property
+    def _prepare_blocks(self) -> bool:
+        redis_budget = self.settings.budget.backend == "redis" and bool(self.settings.budget.limits)
+        return redis_budget or any(not isinstance(r.scorer, RulesScorer) for r in self.routers)
 
     # ------------------------------------------------------------------ public API
     def begin(self, request: Mapping[str, Any]) -> Reused | Ticket:
@@ -331,12 +381,7 @@ class Thrifty:
             except BaseException as exc:
                 decision.fail(exc)
                 raise
-            failure = self._validation(decision, completion)
-            if failure is None:
-                decision.complete(completion)
-                return completion
-            if not decision.escalate(failure, completion):
-                decision.complete(completion, store=False)
+            if not decision.answered(completion):
                 return completion
 
     async def acall(self, request: Mapping[str, Any],
@@ -351,18 +396,8 @@ class Thrifty:
             except BaseException as exc:
                 await decision.afail(exc)
                 raise
-            failure = self._validation(decision, completion)
-            if failure is None:
-                await decision.acomplete(completion)
+            if not await decision.aanswered(completion):
                 return completion
-            if not decision.escalate(failure, completion):
-                await decision.acomplete(completion, store=False)
-                return completion
-
-    def _validation(self, ticket: Ticket, completion: Completion) -> str | None:
-        if self.router is None or not self.router.settings.escalate or ticket.route.tier is None:
-            return None
-        return validation_failure(completion, ticket.original, self.router.validator)
 
     def close(self) -> None:
         self.cache.close()
@@ -423,22 +458,24 @@ class Thrifty:
         """Pick the tier and reserve its worst case; raises BudgetExceeded when nothing fits."""
         canon = ticket.request if isinstance(ticket.request, CanonicalRequest) else None
         request = ticket.original
-        if self.router is not None and self.router.routes(request) and canon is not None:
+        router = self.router_for(request)
+        if router is not None and canon is not None:
             text = canon.semantic_text or canon.text
             # the embedder memoises: this is the vector the cache lookup computed, not a new one
-            wants_vector = not isinstance(self.router.scorer, RulesScorer) and canon.semantic_text
+            wants_vector = not isinstance(router.scorer, RulesScorer) and canon.semantic_text
             vector = self.cache.embedder.embed([text])[0] if wants_vector else None
             ticket.features = Features.of(request, text, vector)
             pressure = self.budget.pressure(canon) if self.budget.active else 0.0
-            ticket.route = self.router.route(request, ticket.features, pressure=pressure)
+            ticket.router = router
+            ticket.route = router.route(request, ticket.features, pressure=pressure)
         if not self.budget.active or canon is None:
             return ticket
         try:
             ticket.reservation = self._reserve(request, canon, ticket.model)
         except BudgetExceeded as refused:
-            if refused.policy != "downgrade" or self.router is None or ticket.route.tier is None:
+            if refused.policy != "downgrade" or ticket.router is None or ticket.route.tier is None:
                 raise
-            for tier in self.router.cheaper(ticket.route.tier)[1:]:
+            for tier in ticket.router.cheaper(ticket.route.tier)[1:]:
                 try:
                     ticket.reservation = self._reserve(request, canon, tier.model)
                 except BudgetExceeded:

@@ -11,6 +11,7 @@ says why.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -225,6 +227,7 @@ class LedgerSettings(_Section):
 
 
 _YAML_FILE: ContextVar[tuple[Path, str] | None] = ContextVar("thrifty_yaml_file", default=None)
+_MAPPING: ContextVar[Mapping[str, Any] | None] = ContextVar("thrifty_mapping", default=None)
 
 
 class ThriftySettings(BaseSettings):
@@ -260,7 +263,28 @@ class ThriftySettings(BaseSettings):
             path, section = yaml_file
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path,
                                                     yaml_config_section=section or None))
+        mapping = _MAPPING.get()
+        if mapping is not None:
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=dict(mapping)))
         return tuple(sources)
+
+    @classmethod
+    def from_mapping(cls, section: Mapping[str, Any] | None, **overrides: Any) -> ThriftySettings:
+        """Settings from an already-parsed ``thrifty:`` section (a LiteLLM proxy's config, say),
+        the environment and ``overrides``, in increasing precedence.
+
+        Raises:
+            SettingsError: a value is invalid or a field is unknown.
+        """
+        if section is not None and not isinstance(section, Mapping):
+            raise SettingsError(f"the thrifty settings section must be a mapping, not {type(section).__name__}")
+        token = _MAPPING.set(section or {})
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc)) from None
+        finally:
+            _MAPPING.reset(token)
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, section: str = "thrifty", **overrides: Any) -> ThriftySettings:

@@ -27,6 +27,18 @@ def test_yaml_section_env_and_keywords_in_order_of_precedence(tmp_path: Path, mo
     assert s.verifier.reworded_similarity == 0.9  # YAML beats the default
 
 
+
+def test_an_already_parsed_section_sits_below_the_environment_and_keywords(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THRIFTY_CACHE__MAX_ENTRIES", "7")
+    section = {"cache": {"ttl_seconds": 600, "max_entries": 5}, "verifier": {"reworded_similarity": 0.9}}
+    s = ThriftySettings.from_mapping(section, cache={"ttl_seconds": 60})
+    assert (s.cache.ttl_seconds, s.cache.max_entries, s.verifier.reworded_similarity) == (60, 7, 0.9)
+    assert ThriftySettings.from_mapping(None).cache.max_entries == 7
+    with pytest.raises(SettingsError, match="cache"):
+        ThriftySettings.from_mapping({"cache": {"ttl_seconds": "soon"}})
+    with pytest.raises(SettingsError, match="mapping"):
+        ThriftySettings.from_mapping(["cache"])  # type: ignore[arg-type]
+
 @pytest.mark.parametrize(("overrides", "field"), [
     ({"cache": {"ttl_seconds": -1}}, "cache.ttl_seconds"),
     ({"cache": {"backend": "mongo"}}, "cache.backend"),
