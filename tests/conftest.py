@@ -132,3 +132,57 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class Standin:
+    """The OpenAI-compatible stand-in (tests/standin_server.py) running in its own process."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        self.process = subprocess.Popen([sys.executable, str(REPO / "tests" / "standin_server.py")],
+                                        stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().strip()  # http://127.0.0.1:PORT/v1
+        if not self.url.startswith("http"):
+            self.process.kill()
+            raise RuntimeError("the stand-in server did not start")
+        self.root = self.url.removesuffix("/v1")
+
+    def stats(self) -> dict[str, Any]:
+        """``{"calls": n, "by_model": {model: n}}``: the requests it answered since the last reset."""
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(self.root + "/stats", timeout=10) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+
+    def calls(self) -> int:
+        return int(self.stats()["calls"])
+
+    def reset(self) -> None:
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(self.root + "/stats/reset", method="POST"), timeout=10).close()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except Exception:  # noqa: BLE001
+            self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def standin_server() -> Iterator[Standin]:
+    server = Standin()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def standin(standin_server: Standin) -> Standin:
+    """The stand-in provider, its counts reset for this test."""
+    standin_server.reset()
+    return standin_server

@@ -1,0 +1,439 @@
+"""thrifty inside LiteLLM: a cache backend and a callback that put :class:`thrifty.Thrifty` (the
+gate: cache, single-flight, router, budgets, ledger) in front of every ``litellm.completion`` /
+``acompletion``, including the calls LiteLLM's Router and proxy make.
+
+LiteLLM has no hook that both sees a call before it is made and can answer it, so the adapter uses
+two of its extension points, matched by the call's ``litellm_call_id``:
+
+* :class:`ThriftyCache`, set as ``litellm.cache``: LiteLLM asks it for a cached answer before
+  every call (``litellm/caching/caching_handler.py``, ``async_get_cache`` / ``sync_get_cache``)
+  and turns a returned chat.completion dict into a ``ModelResponse``, or a stream of chunks when
+  the caller asked for ``stream=True``, marked as a cache hit. A reused answer (a hit, or the answer
+  of an identical call in flight) comes back that way, without reaching the provider.
+* :class:`ThriftyCallback`, a ``CustomLogger`` in ``litellm.callbacks``:
+  ``async_pre_call_deployment_hook`` (awaited before the cache lookup, ``litellm/utils.py``) makes
+  the decision for async calls and can change the model (routing); the deployment success and
+  failure hooks, the cache writes LiteLLM makes when a call or a stream ends, and the success and
+  failure events finish the decision: the answer goes to the cache and to the waiting callers,
+  the budget is settled, or the reservation released.
+
+Where a decision is made: in the Router strategy (:mod:`litellm_plugins.routing`) or the proxy's
+pre-call hook (:mod:`litellm_plugins.proxy`) when there is one, else in the deployment hook (async
+calls), else in the cache lookup (sync calls). Everything thrifty decides is in the response's
+``_hidden_params["thrifty"]``.
+
+thrifty fails open here as everywhere: an error in thrifty's own parts lets the call through
+untouched. Only a budget refusal (:class:`~litellm_plugins.errors.BudgetExceededError`) and a
+failure shared by the leader of a joined call reach the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import litellm
+from litellm.caching.caching import Cache
+from litellm.integrations.custom_logger import CustomLogger
+from thrifty.budget import BudgetExceeded
+from thrifty.gate import Reused, Thrifty, Ticket, UpstreamError
+from thrifty.router import Validator
+from thrifty.settings import ThriftySettings
+
+from .errors import BudgetExceededError, CallAbandoned
+from .translate import (
+    PARENT,
+    THRIFTY,
+    TIER_PIN,
+    call_id_of,
+    completion_of,
+    decision_info,
+    hit_payload,
+    metadata_of,
+    thrifty_request,
+    user_kwargs,
+)
+
+log = logging.getLogger("thrifty.litellm")
+
+_CHAT_CALLS = frozenset({"completion", "acompletion"})
+Recall = Callable[..., Awaitable[Any]]
+
+
+@dataclass
+class CallState:
+    """What thrifty decided for one LiteLLM call, until the call ends."""
+
+    decision: Reused | Ticket | None  # None: thrifty lets the call through untouched
+    recall_kwargs: dict[str, Any] = field(default_factory=dict)  # the caller's, for an escalated re-call
+    recall: Recall | None = None  # how to call again on a higher tier
+    recall_model: str | None = None  # the model to re-call (a Router's group); None: the ticket's model
+    reroute: bool = False  # the call's model must be set to the ticket's (decided before LiteLLM resolved it)
+    parent: str | None = None  # this call is an escalated re-call made for that call
+    watched: bool = False  # a finaliser on LiteLLM's logging object ends the decision if the call is dropped
+
+
+class ThriftyCallback(CustomLogger):  # type: ignore[misc]
+    """thrifty for ``litellm.completion`` / ``acompletion`` (streaming included), the Router and the
+    proxy. Creating one sets ``litellm.cache`` to its :class:`ThriftyCache`; adding it to
+    ``litellm.callbacks`` turns on the rest. :func:`litellm_plugins.install` does both.
+
+    Args:
+        settings: a :class:`~thrifty.ThriftySettings`, or a path to a YAML file with a ``thrifty:``
+            section; default: the environment (``THRIFTY_*``) and the defaults.
+        gate: an existing :class:`~thrifty.Thrifty` to use (settings are then ignored).
+        validator: your own check of answers, ``(completion, request) -> bool | str``, for
+            escalation to a higher tier.
+        **overrides: settings fields, e.g. ``cache={"ttl_seconds": 600}``, ``budget={...}``.
+    """
+
+    def __init__(self, settings: ThriftySettings | str | Path | None = None, *, gate: Thrifty | None = None,
+                 validator: Validator | None = None, **overrides: Any) -> None:
+        super().__init__()
+        if gate is None:
+            if isinstance(settings, ThriftySettings):
+                if overrides:
+                    settings = ThriftySettings.from_mapping(settings.model_dump(exclude_unset=True), **overrides)
+            else:
+                settings = ThriftySettings.load(settings, **overrides)
+            gate = Thrifty(settings, validator=validator)
+        self.gate = gate
+        self.cache = ThriftyCache(self)
+        self._calls: dict[str, CallState] = {}
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+        if litellm.cache is not None and not isinstance(litellm.cache, ThriftyCache):
+            log.warning("thrifty replaces the litellm.cache that was set (%s)", type(litellm.cache).__name__)
+        litellm.cache = self.cache
+
+    # ------------------------------------------------------------------ decisions
+    def decide(self, kwargs: Mapping[str, Any], *, model: str | None = None, tenant: str | None = None,
+               recall: Recall | None = None, recall_model: str | None = None,
+               reroute: bool = False) -> CallState:
+        """Decide for the call ``kwargs`` describes (sync): reuse an answer, or call - on which
+        tier, with what reserved. Raises a budget refusal or a joined leader's failure."""
+        call_id = call_id_of(kwargs)
+        state = self._existing(call_id, kwargs)
+        if state is not None:
+            return state
+        decision: Reused | Ticket | None
+        try:
+            decision = self.gate.begin(thrifty_request(kwargs, model=model, tenant=tenant))
+        except Exception as exc:  # noqa: BLE001 - sorted by _refusal
+            self._refusal(exc)
+            decision = None
+        return self._remember(call_id, kwargs, decision, recall, recall_model, reroute)
+
+    async def adecide(self, kwargs: Mapping[str, Any], *, model: str | None = None, tenant: str | None = None,
+                      recall: Recall | None = None, recall_model: str | None = None,
+                      reroute: bool = False) -> CallState:
+        """Async twin of :meth:`decide`."""
+        call_id = call_id_of(kwargs)
+        state = self._existing(call_id, kwargs)
+        if state is not None:
+            return state
+        decision: Reused | Ticket | None
+        try:
+            decision = await self.gate.abegin(thrifty_request(kwargs, model=model, tenant=tenant))
+        except Exception as exc:  # noqa: BLE001 - sorted by _refusal
+            self._refusal(exc)
+            decision = None
+        return self._remember(call_id, kwargs, decision, recall, recall_model, reroute)
+
+    def state(self, kwargs: Mapping[str, Any]) -> CallState | None:
+        """The decision made for the call ``kwargs`` belongs to, if any."""
+        call_id = call_id_of(kwargs)
+        with self._lock:
+            return self._calls.get(call_id) if call_id is not None else None
+
+    def _existing(self, call_id: str | None, kwargs: Mapping[str, Any]) -> CallState | None:
+        with self._lock:
+            state = self._calls.get(call_id) if call_id is not None else None
+        if state is not None and isinstance(state.decision, Ticket) and state.decision.done:
+            state = None  # a retry of a call whose first attempt ended: decide again
+        if state is None:
+            parent = metadata_of(kwargs).get(PARENT)
+            if parent is not None:  # thrifty's own re-call on a higher tier: already decided
+                state = CallState(None, parent=str(parent))
+                if call_id is not None:
+                    with self._lock:
+                        self._calls[call_id] = state
+        return state
+
+    def _refusal(self, exc: Exception) -> None:
+        """Budget refusals and a joined leader's failure reach the caller; anything else is
+        thrifty's own failure, and the call goes through untouched."""
+        if isinstance(exc, BudgetExceeded):
+            raise BudgetExceededError(exc) from None
+        if isinstance(exc, UpstreamError) or getattr(exc, "status_code", None) is not None:
+            raise exc
+        self._warn_once("decide", exc)
+
+    def _remember(self, call_id: str | None, kwargs: Mapping[str, Any], decision: Reused | Ticket | None,
+                  recall: Recall | None, recall_model: str | None, reroute: bool) -> CallState:
+        state = CallState(decision, recall_kwargs=user_kwargs(kwargs), recall=recall, recall_model=recall_model,
+                          reroute=reroute)
+        if call_id is None:  # nothing will find it again: finish what can be finished now
+            if isinstance(decision, Ticket):
+                decision.fail(CallAbandoned("a LiteLLM call without a litellm_call_id"))
+                state.decision = None
+            return state
+        with self._lock:
+            self._calls[call_id] = state
+        self._watch(call_id, kwargs, state)
+        return state
+
+    def _watch(self, call_id: str, kwargs: Mapping[str, Any], state: CallState) -> None:
+        """Cancelled calls and abandoned streams get no callback from LiteLLM; its logging object
+        is collected with them (observed on LiteLLM 1.106), which ends the decision."""
+        logging_obj = kwargs.get("litellm_logging_obj")
+        if state.watched or logging_obj is None:
+            return
+        try:
+            weakref.finalize(logging_obj, self._abandoned, call_id)
+            state.watched = True
+        except TypeError:
+            pass
+
+    def _abandoned(self, call_id: str) -> None:
+        state = self._pop(call_id)
+        if state is not None and isinstance(state.decision, Ticket):
+            state.decision.fail(CallAbandoned("the call was cancelled, or its stream dropped before the end"))
+
+    def _pop(self, call_id: str | None) -> CallState | None:
+        if call_id is None:
+            return None
+        with self._lock:
+            return self._calls.pop(call_id, None)
+
+    def _ticket(self, kwargs: Mapping[str, Any]) -> tuple[CallState | None, Ticket | None]:
+        state = self._pop(call_id_of(kwargs))
+        if state is None or state.parent is not None or not isinstance(state.decision, Ticket):
+            return state, None
+        return state, state.decision
+
+    def apply(self, state: CallState, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Carry the decision into the call's kwargs: a reused answer must be looked up (the
+        Router passes ``caching=False`` unless told otherwise), a routed call goes to its tier,
+        and a stream reports its usage (LiteLLM prices a stream without it at 0)."""
+        decision = state.decision
+        if isinstance(decision, Reused):
+            kwargs["caching"] = True
+            if state.reroute:
+                kwargs.setdefault("custom_llm_provider", _provider(kwargs.get("model"), decision.answer.get("model")))
+        elif isinstance(decision, Ticket):
+            if state.reroute and decision.route.tier is not None and decision.model is not None:
+                kwargs["model"] = decision.model
+                kwargs["custom_llm_provider"] = _provider(decision.model)
+            if kwargs.get("stream"):
+                kwargs["stream_options"] = {**(kwargs.get("stream_options") or {}), "include_usage": True}
+        return kwargs
+
+    # ------------------------------------------------------------------ LiteLLM's cache lookup
+    def lookup(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The reused answer for this call, if thrifty has one (deciding now if nothing did)."""
+        state = self.state(kwargs) or self.decide(kwargs)
+        return self._hit(state, kwargs)
+
+    async def alookup(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+        state = self.state(kwargs) or await self.adecide(kwargs)
+        return self._hit(state, kwargs)
+
+    def _hit(self, state: CallState, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+        if not isinstance(state.decision, Reused):
+            self._watch(str(call_id_of(kwargs)), kwargs, state)
+            return None
+        self._pop(call_id_of(kwargs))
+        logging_obj = kwargs.get("litellm_logging_obj")
+        if logging_obj is not None:
+            # LiteLLM prices a response at 0 once its logging object says it is a cache hit
+            # (Logging.response_cost_calculator, litellm/litellm_core_utils/litellm_logging.py);
+            # its cache path sets that flag only after pricing the response it builds.
+            logging_obj.model_call_details["cache_hit"] = True
+        return hit_payload(state.decision)
+
+    # ------------------------------------------------------------------ endings
+    def finish(self, kwargs: Mapping[str, Any], response: Any) -> None:
+        """A call (or a stream) ended with ``response``: hand it to the waiting callers, settle
+        the budget, store it if it is a usable answer. Sync calls cannot be re-called on a
+        higher tier from here: an answer that fails validation is passed on but not stored."""
+        state, ticket = self._ticket(kwargs)
+        if ticket is None or state is None:
+            return
+        try:
+            completion = completion_of(response, model=ticket.model)
+            ticket.complete(completion, store=ticket.validation_failure(completion) is None)
+            _annotate(response, ticket)
+        except Exception as exc:  # noqa: BLE001 - fail open
+            self._warn_once("finish", exc)
+            ticket.fail(exc)
+
+    async def afinish(self, kwargs: Mapping[str, Any], response: Any, *, escalate: bool = False) -> Any:
+        """Async twin of :meth:`finish`. With ``escalate`` (a whole, non-streamed answer), an
+        answer that fails validation is replaced by a re-call on the next tier, as long as one is
+        left; returns the response the caller should get."""
+        state, ticket = self._ticket(kwargs)
+        if ticket is None or state is None:
+            return response
+        try:
+            completion = completion_of(response, model=ticket.model)
+            if not escalate or state.recall is None:
+                await ticket.acomplete(completion, store=ticket.validation_failure(completion) is None)
+            else:
+                while await ticket.aanswered(completion):
+                    try:
+                        response = await self._recall(state, ticket, call_id_of(kwargs))
+                    except Exception as exc:  # noqa: BLE001 - keep the last answer
+                        log.warning("thrifty: the escalated call failed (%s); keeping the answer before it", exc)
+                        # its cost was settled when escalating: hand it on without counting it again
+                        await ticket.acomplete(dataclasses.replace(completion, cost=0.0), store=False)
+                        break
+                    completion = completion_of(response, model=ticket.model)
+            _annotate(response, ticket)
+        except Exception as exc:  # noqa: BLE001 - fail open
+            self._warn_once("finish", exc)
+            await ticket.afail(exc)
+        return response
+
+    async def _recall(self, state: CallState, ticket: Ticket, call_id: str | None) -> Any:
+        kwargs = dict(state.recall_kwargs)
+        tier = ticket.route.tier.name if ticket.route.tier is not None else None
+        kwargs["metadata"] = {**(kwargs.get("metadata") or {}), PARENT: call_id, TIER_PIN: tier}
+        kwargs["model"] = state.recall_model or ticket.model
+        kwargs.pop("stream", None)
+        if state.reroute:  # a LiteLLM model name, not one of a Router's
+            kwargs["custom_llm_provider"] = _provider(ticket.model)
+        assert state.recall is not None
+        return await state.recall(**kwargs)
+
+    def failed(self, kwargs: Mapping[str, Any], error: BaseException | None, *, mid_stream: bool = False) -> None:
+        _, ticket = self._ticket(kwargs)
+        if ticket is not None:
+            ticket.fail(error or CallAbandoned("the call failed"), mid_stream=mid_stream)
+
+    async def afailed(self, kwargs: Mapping[str, Any], error: BaseException | None, *,
+                      mid_stream: bool = False) -> None:
+        _, ticket = self._ticket(kwargs)
+        if ticket is not None:
+            await ticket.afail(error or CallAbandoned("the call failed"), mid_stream=mid_stream)
+
+    def _warn_once(self, where: str, exc: BaseException) -> None:
+        kind = f"{where}:{type(exc).__name__}"
+        if kind not in self._warned:
+            self._warned.add(kind)
+            log.warning("thrifty let a LiteLLM call through untouched after an error in %s: %r", where, exc)
+
+    # ------------------------------------------------------------------ LiteLLM hooks
+    async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> dict[str, Any] | None:
+        """Async calls: decide before LiteLLM's cache lookup, and route ``model`` to the tier."""
+        if _call_type(call_type) not in _CHAT_CALLS:
+            return None
+        state = self.state(kwargs)
+        if state is None:
+            state = await self.adecide(kwargs, recall=litellm.acompletion, reroute=True)
+        self._watch(str(call_id_of(kwargs)), kwargs, state)
+        return self.apply(state, kwargs)
+
+    async def async_post_call_success_deployment_hook(self, request_data: dict[str, Any], response: Any,
+                                                      call_type: Any) -> Any:
+        """Async calls with a whole answer: finish the decision before the caller gets it, with
+        escalation to a higher tier when the answer fails validation."""
+        if _call_type(call_type) not in _CHAT_CALLS or request_data.get("stream"):
+            return None
+        return await self.afinish(request_data, response, escalate=True)
+
+    async def async_post_call_failure_deployment_hook(self, request_data: Mapping[str, Any], exception: Exception,
+                                                      call_type: Any, fallback_depth: int | None = None) -> None:
+        await self.afailed(request_data, exception)
+
+    def log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self.finish(kwargs, response_obj)
+
+    async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any,
+                                      end_time: Any) -> None:
+        await self.afinish(kwargs, response_obj)
+
+    def log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
+        error = kwargs.get("exception")
+        self.failed(kwargs, error, mid_stream=_mid_stream(error))
+
+    async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any,
+                                      end_time: Any) -> None:
+        error = kwargs.get("exception")
+        await self.afailed(kwargs, error, mid_stream=_mid_stream(error))
+
+
+class ThriftyCache(Cache):  # type: ignore[misc]
+    """``litellm.cache`` for thrifty: lookups ask the callback's decision; LiteLLM's writes (made
+    when a call or a stream ends) finish it. thrifty's own store keeps the answers."""
+
+    def __init__(self, callback: ThriftyCallback) -> None:
+        # max_messages=None: LiteLLM skips requests with more than 4 messages by default
+        super().__init__(max_messages=None, supported_call_types=["completion", "acompletion"])
+        self.callback = callback
+
+    def get_cache(self, dynamic_cache_object: Any = None, **kwargs: Any) -> Any:
+        try:
+            return self.callback.lookup(kwargs)
+        except (BudgetExceededError, UpstreamError):
+            raise
+        except Exception as exc:  # a raise here fails the caller's call: only a refusal may
+            if getattr(exc, "status_code", None) is not None:
+                raise
+            self.callback._warn_once("lookup", exc)
+            return None
+
+    async def async_get_cache(self, dynamic_cache_object: Any = None, **kwargs: Any) -> Any:
+        try:
+            return await self.callback.alookup(kwargs)
+        except (BudgetExceededError, UpstreamError):
+            raise
+        except Exception as exc:  # a raise here fails the caller's call: only a refusal may
+            if getattr(exc, "status_code", None) is not None:
+                raise
+            self.callback._warn_once("lookup", exc)
+            return None
+
+    def add_cache(self, result: Any, dynamic_cache_object: Any = None, **kwargs: Any) -> None:
+        try:  # a raise here would fail a call that succeeded (litellm/caching/caching_handler.py)
+            self.callback.finish(kwargs, result)
+        except Exception as exc:  # noqa: BLE001
+            self.callback._warn_once("store", exc)
+
+    async def async_add_cache(self, result: Any, dynamic_cache_object: Any = None, **kwargs: Any) -> None:
+        try:
+            await self.callback.afinish(kwargs, result)
+        except Exception as exc:  # noqa: BLE001
+            self.callback._warn_once("store", exc)
+
+
+def _annotate(response: Any, ticket: Ticket) -> None:
+    hidden = getattr(response, "_hidden_params", None)
+    if isinstance(hidden, dict):
+        hidden[THRIFTY] = decision_info(ticket)
+
+
+def _call_type(call_type: Any) -> str:
+    return str(getattr(call_type, "value", call_type))
+
+
+def _mid_stream(error: Any) -> bool:
+    return isinstance(error, litellm.MidStreamFallbackError)
+
+
+def _provider(*models: Any) -> str:
+    """The LiteLLM provider of the first model LiteLLM can place (``openai`` if none): a reused
+    answer's call never reaches it, but LiteLLM's cache path resolves one."""
+    for model in models:
+        if isinstance(model, str):
+            try:
+                return str(litellm.get_llm_provider(model=model)[1])
+            except Exception:  # noqa: BLE001 - try the next
+                continue
+    return "openai"

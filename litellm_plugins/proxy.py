@@ -1,0 +1,125 @@
+"""thrifty in the LiteLLM proxy, from its config.yaml:
+
+    litellm_settings:
+      callbacks: ["litellm_plugins.proxy_handler"]
+    thrifty:                       # thrifty's settings, read from the same file
+      cache: {backend: redis}
+      ...
+
+The proxy imports ``litellm_plugins.proxy_handler`` in each worker (``get_instance_fn``,
+``litellm/proxy/types_utils/utils.py``); the handler is built on that first access, with the
+``thrifty:`` section of the config the proxy loaded (``proxy_config.get_config_state()``, with
+``os.environ/`` references resolved), else the YAML file named by ``THRIFTY_CONFIG``, else the
+environment and the defaults.
+
+Per request, the proxy's pre-call hook makes thrifty's decision before the proxy's Router picks a
+deployment: the tenant is the caller's team (or, without one, its API key) from the proxy's
+auth, whatever the request's metadata says; a request for a routed model (``auto``) goes to the
+tier's model name from ``model_list``; a reused answer is served by thrifty's cache through
+LiteLLM's cache path (a cache hit at zero cost in the proxy's spend logs); a budget refusal is an
+HTTP 422 with thrifty's message. Responses carry ``x-thrifty-decision`` (and ``x-thrifty-tier``,
+``x-thrifty-saved-usd``) headers.
+
+The proxy calls a hook only when the registered object's own class defines it
+(``litellm/proxy/utils.py``), so :class:`ThriftyProxyHandler` defines each one itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from thrifty.gate import Reused, Ticket
+from thrifty.settings import ThriftySettings
+
+from .callback import ThriftyCallback
+from .translate import THRIFTY
+
+log = logging.getLogger("thrifty.litellm")
+
+_CHAT_CALLS = ("acompletion", "completion")
+_handler: ThriftyProxyHandler | None = None
+_lock = threading.Lock()
+
+
+class ThriftyProxyHandler(ThriftyCallback):
+    """:class:`ThriftyCallback` with the proxy's own hooks: decide per request with the caller's
+    team or key as tenant, route by model name, say what was decided in response headers."""
+
+    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict[str, Any],
+                                  call_type: Any) -> dict[str, Any]:
+        if str(call_type) not in _CHAT_CALLS or not isinstance(data.get("messages"), list):
+            return data
+        state = await self.adecide(data, tenant=tenant_of(user_api_key_dict), recall=_proxy_recall)
+        decision = state.decision
+        self.apply(state, data)
+        if isinstance(decision, Ticket) and decision.route.tier is not None and decision.model is not None:
+            data["model"] = decision.model  # a model_name of the proxy's model_list
+        elif isinstance(decision, Reused) and self.gate.router_for(data) is not None:
+            # the proxy's Router needs a model it knows to get as far as thrifty's cache
+            router = self.gate.router_for(data)
+            assert router is not None
+            data["model"] = router.tiers[0].model
+        return data
+
+    async def async_post_call_response_headers_hook(self, data: dict[str, Any], user_api_key_dict: Any,
+                                                    response: Any, request_headers: dict[str, str] | None = None,
+                                                    litellm_call_info: dict[str, Any] | None = None
+                                                    ) -> dict[str, str] | None:
+        hidden = getattr(response, "_hidden_params", None)
+        info = hidden.get(THRIFTY) if isinstance(hidden, Mapping) else None
+        if not isinstance(info, Mapping):
+            return None
+        headers = {"x-thrifty-decision": str(info.get("decision"))}
+        if info.get("tier"):
+            headers["x-thrifty-tier"] = str(info["tier"])
+        if info.get("saved_cost") is not None:
+            headers["x-thrifty-saved-usd"] = f"{float(info['saved_cost']):.8f}"
+        return headers
+
+
+def tenant_of(user_api_key_dict: Any) -> str | None:
+    """The tenant of a proxy caller: its team, or without one its API key (the proxy's hash)."""
+    team = getattr(user_api_key_dict, "team_id", None)
+    if team:
+        return f"team:{team}"
+    key = getattr(user_api_key_dict, "api_key", None) or getattr(user_api_key_dict, "token", None)
+    return f"key:{key}" if key else None
+
+
+async def _proxy_recall(**kwargs: Any) -> Any:
+    """An escalated re-call through the proxy's Router, by model name."""
+    from litellm.proxy import proxy_server
+
+    router = proxy_server.llm_router
+    if router is None:
+        raise RuntimeError("the proxy has no Router to re-call through")
+    return await router.acompletion(**kwargs)
+
+
+def proxy_settings() -> ThriftySettings:
+    """The ``thrifty:`` section of the config the proxy loaded; else ``THRIFTY_CONFIG``'s file;
+    else the environment and the defaults."""
+    section: Any = None
+    try:
+        from litellm.proxy.proxy_server import proxy_config
+
+        section = (proxy_config.get_config_state() or {}).get("thrifty")
+    except Exception as exc:  # noqa: BLE001 - not inside a proxy, or a LiteLLM without it
+        log.debug("no proxy config state: %r", exc)
+    if section is not None:
+        return ThriftySettings.from_mapping(section)
+    return ThriftySettings.load(os.environ.get("THRIFTY_CONFIG") or None)
+
+
+def handler() -> ThriftyProxyHandler:
+    """The process's proxy handler, built on first use."""
+    global _handler
+    with _lock:
+        if _handler is None:
+            _handler = ThriftyProxyHandler(proxy_settings())
+            log.info("thrifty proxy handler ready")
+        return _handler
