@@ -40,6 +40,7 @@ from typing import Any
 
 import litellm
 from litellm.caching.caching import Cache
+from litellm.exceptions import MidStreamFallbackError
 from litellm.integrations.custom_logger import CustomLogger
 from thrifty.budget import BudgetExceeded
 from thrifty.gate import Reused, Thrifty, Ticket, UpstreamError
@@ -424,7 +425,7 @@ def _call_type(call_type: Any) -> str:
 
 
 def _mid_stream(error: Any) -> bool:
-    return isinstance(error, litellm.MidStreamFallbackError)
+    return isinstance(error, MidStreamFallbackError)
 
 
 def _provider(*models: Any) -> str:

@@ -13,7 +13,7 @@ answered what. Directives in the last user message change the behaviour:
   contains ``<text>`` (a cheap tier that fails validation);
 * ``[status:<code>]``: fail with that HTTP status and an OpenAI-style error body;
 * ``[delay:<seconds>]``: wait before answering (for single-flight);
-* ``[cut:<n>]`` with ``stream``: stop the stream after ``n`` chunks, without ``[DONE]``.
+* ``[cut:<n>]`` with ``stream``: break the connection after ``n`` chunks (no finish_reason, no ``[DONE]``).
 
 A request with ``response_format`` of type ``json_object`` or ``json_schema`` gets the answer as
 ``{"answer": "..."}``. Usage counts are one token per four characters, at least one.
@@ -106,7 +106,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     await response.write(chunk({"role": "assistant", "content": ""}))
     for index, word in enumerate(words):
         if cut is not None and index >= cut:
-            return response  # the connection ends without finish_reason or [DONE]
+            # the connection breaks, as when a provider or the network fails mid-answer
+            if request.transport is not None:
+                request.transport.abort()
+            return response
         await response.write(chunk({"content": word}))
     await response.write(chunk({}, "stop"))
     if (body.get("stream_options") or {}).get("include_usage"):
