@@ -1,4 +1,4 @@
-"""CostAwareRouting on a real ``litellm.Router`` against the live stand-in provider: the ``auto``
+"""CostAwareRouting on a real ``Router`` against the live stand-in provider: the ``auto``
 group's deployments are the tiers; thrifty picks one per request, escalates an answer that fails
 validation, downgrades near a budget limit, and leaves other groups to the Router."""
 
@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import litellm
 import pytest
 from conftest import Standin
+from litellm.router import Router
 from thrifty.cache import SemanticCache
 from thrifty.embedder import SentenceTransformerEmbedder
 from thrifty.gate import Thrifty
@@ -25,9 +25,9 @@ HARD = ("Prove that the square root of 2 is irrational, step by step, derive eac
         "step holds, then analyse the trade-offs of a proof by contradiction against a constructive one.")
 
 
-def make_router(standin: Standin) -> litellm.Router:
+def make_router(standin: Standin) -> Router:
     params = {"api_base": standin.url, "api_key": "sk-standin"}
-    return litellm.Router(model_list=[
+    return Router(model_list=[
         {"model_name": "auto", "litellm_params": {"model": "openai/gpt-4o", **params},
          "model_info": {"id": "premium-1", "thrifty_tier": "premium"}},
         {"model_name": "auto", "litellm_params": {"model": "openai/gpt-4o-mini", **params},
@@ -44,7 +44,7 @@ def install(embedder: SentenceTransformerEmbedder, tmp_path: Path, **settings: A
 
 @pytest.fixture
 def routed(standin: Standin, embedder: SentenceTransformerEmbedder,
-           tmp_path: Path) -> Iterator[tuple[litellm.Router, CostAwareRouting]]:
+           tmp_path: Path) -> Iterator[tuple[Router, CostAwareRouting]]:
     callback = install(embedder, tmp_path)
     router = make_router(standin)
     yield router, CostAwareRouting.install(router, callback=callback)
@@ -63,14 +63,14 @@ def answered_by(response: Any) -> str:
     return str(response.choices[0].message.content).split("]")[0].strip("[")
 
 
-def test_tiers_come_from_the_group_cheapest_first(routed: tuple[litellm.Router, CostAwareRouting]) -> None:
+def test_tiers_come_from_the_group_cheapest_first(routed: tuple[Router, CostAwareRouting]) -> None:
     _, strategy = routed
     assert [name for name, _ in strategy.tiers] == ["cheap", "premium"]
     assert [t.model for t in strategy.thrifty_router.tiers] == ["openai/gpt-4o-mini", "openai/gpt-4o"]
 
 
 def test_easy_requests_go_to_the_cheap_tier_and_hard_ones_to_the_premium_tier(
-        standin: Standin, routed: tuple[litellm.Router, CostAwareRouting]) -> None:
+        standin: Standin, routed: tuple[Router, CostAwareRouting]) -> None:
     router, _ = routed
 
     async def scenario() -> list[Any]:
@@ -85,7 +85,7 @@ def test_easy_requests_go_to_the_cheap_tier_and_hard_ones_to_the_premium_tier(
 
 
 def test_an_answer_that_fails_validation_is_escalated_and_only_the_good_one_is_stored(
-        standin: Standin, routed: tuple[litellm.Router, CostAwareRouting]) -> None:
+        standin: Standin, routed: tuple[Router, CostAwareRouting]) -> None:
     router, _ = routed
     question = "Which colours does the Trail jacket come in? [refuse-if:mini]"
 
@@ -100,7 +100,7 @@ def test_an_answer_that_fails_validation_is_escalated_and_only_the_good_one_is_s
 
 
 def test_a_refusal_on_the_last_tier_is_handed_back_but_not_stored(
-        standin: Standin, routed: tuple[litellm.Router, CostAwareRouting]) -> None:
+        standin: Standin, routed: tuple[Router, CostAwareRouting]) -> None:
     router, _ = routed
     question = "Which sizes does the Trail jacket come in? [refuse-if:gpt-4o]"  # both tiers refuse
 
@@ -114,7 +114,7 @@ def test_a_refusal_on_the_last_tier_is_handed_back_but_not_stored(
 
 
 def test_other_groups_keep_the_routers_own_choice(standin: Standin,
-                                                  routed: tuple[litellm.Router, CostAwareRouting]) -> None:
+                                                  routed: tuple[Router, CostAwareRouting]) -> None:
     router, _ = routed
 
     async def scenario() -> tuple[Any, Any]:
@@ -129,7 +129,7 @@ def test_other_groups_keep_the_routers_own_choice(standin: Standin,
 
 
 def test_sync_router_calls_are_routed_and_cached(standin: Standin,
-                                                 routed: tuple[litellm.Router, CostAwareRouting]) -> None:
+                                                 routed: tuple[Router, CostAwareRouting]) -> None:
     router, _ = routed
     hard = router.completion(**ask(HARD))
     assert answered_by(hard) == "gpt-4o"
@@ -138,7 +138,7 @@ def test_sync_router_calls_are_routed_and_cached(standin: Standin,
 
 
 def test_routed_streams_go_to_the_tier_and_are_stored(standin: Standin,
-                                                      routed: tuple[litellm.Router, CostAwareRouting]) -> None:
+                                                      routed: tuple[Router, CostAwareRouting]) -> None:
     router, _ = routed
 
     async def scenario() -> tuple[str, Any]:
