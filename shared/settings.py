@@ -124,7 +124,7 @@ class CacheSettings(_Section):
 
 
 class RedisSettings(_Section):
-    """The Redis that the distributed parts share (cache now; in-flight table and budgets later)."""
+    """The Redis that the distributed parts share: cache, in-flight table and budgets."""
 
     url: str = Field("redis://localhost:6379/0", description="redis:// or rediss:// URL")
     key_prefix: str = Field("thrifty", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",

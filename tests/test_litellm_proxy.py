@@ -1,0 +1,217 @@
+"""The real LiteLLM proxy (``litellm --config``) with thrifty from its config.yaml, spoken to with the
+``openai`` client, in front of the live stand-in provider whose call counts say what reached it.
+
+The first proxy runs ``examples/litellm_config.yaml`` exactly as written. Two more run variants of
+it: one with per-team keys (a ``custom_auth`` module) to check tenant scoping, and one with two
+workers sharing the cache, single-flight and budgets through Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+from conftest import REPO, Standin
+
+from proxy_process import ProxyProcess, proxy_available
+
+pytestmark = pytest.mark.slow
+
+EXAMPLE_CONFIG = REPO / "examples" / "litellm_config.yaml"
+UNAVAILABLE = proxy_available()
+if UNAVAILABLE is not None:
+    pytest.skip(UNAVAILABLE, allow_module_level=True)
+
+EASY = "What are your opening hours on Saturday?"
+HARD = ("Prove that the square root of 2 is irrational, step by step, derive each lemma and explain why each "
+        "step holds, then analyse the trade-offs of a proof by contradiction against a constructive one.")
+
+
+def start(config: Path, standin: Standin, folder: Path, **kwargs: Any) -> ProxyProcess:
+    env = {"OPENAI_API_BASE": standin.url, "OPENAI_API_KEY": "sk-standin",
+           "THRIFTY_CACHE__PATH": str(folder / "cache.sqlite3")}
+    return ProxyProcess(config, env=env, log=folder / "proxy.log", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def proxy(standin_server: Standin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    """The proxy with the example config, as written."""
+    process = start(EXAMPLE_CONFIG, standin_server, tmp_path_factory.mktemp("proxy"))
+    yield process
+    process.stop()
+
+
+def client(proxy: ProxyProcess, key: str | None = None) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.url + "/v1", api_key=key or proxy.master_key, max_retries=0)
+
+
+def ask(openai_client: openai.OpenAI, text: str, model: str = "gpt-4o-mini", **kwargs: Any) -> tuple[str, Any]:
+    """The answer's text and the HTTP response's headers."""
+    raw = openai_client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": text}], **kwargs)
+    return str(raw.parse().choices[0].message.content), raw.headers
+
+
+def test_a_reworded_question_is_a_cache_hit_that_never_reaches_the_provider(proxy: ProxyProcess,
+                                                                           standin: Standin) -> None:
+    first, headers = ask(client(proxy), "How do I return a pair of boots?")
+    assert headers["x-thrifty-decision"] == "call" and standin.calls() == 1
+    again, headers = ask(client(proxy), "how can I return a pair of boots")
+    assert again == first and headers["x-thrifty-decision"] == "cache_hit"
+    assert float(headers["x-thrifty-saved-usd"]) > 0
+    other, headers = ask(client(proxy), "How do I return a pair of gloves?")
+    assert "gloves" in other and headers["x-thrifty-decision"] == "call"
+    assert standin.calls() == 2
+
+
+def test_identical_requests_in_flight_are_joined(proxy: ProxyProcess, standin: Standin) -> None:
+    async def burst() -> list[str]:
+        async_client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=proxy.master_key, max_retries=0)
+        request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarise the warranty. "
+                                                                                     "[delay:0.8]"}]}
+        raws = await asyncio.gather(*(async_client.chat.completions.with_raw_response.create(**request)
+                                      for _ in range(6)))
+        await async_client.close()
+        return [raw.headers["x-thrifty-decision"] for raw in raws]
+
+    decisions = asyncio.run(burst())
+    assert standin.calls() == 1
+    assert decisions.count("call") == 1 and set(decisions) <= {"call", "joined", "cache_hit"}
+    assert "joined" in decisions
+
+
+def test_the_auto_model_is_routed_to_a_tier(proxy: ProxyProcess, standin: Standin) -> None:
+    easy, headers = ask(client(proxy), EASY, model="auto")
+    assert easy.startswith("[gpt-4o-mini]") and headers["x-thrifty-tier"] == "cheap"
+    hard, headers = ask(client(proxy), HARD, model="auto")
+    assert hard.startswith("[gpt-4o]") and headers["x-thrifty-tier"] == "premium"
+    assert standin.stats()["by_model"] == {"gpt-4o-mini": 1, "gpt-4o": 1}
+
+
+def test_a_budget_refusal_is_an_http_422_with_thriftys_message(proxy: ProxyProcess, standin: Standin) -> None:
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        ask(client(proxy), "Write the complete catalogue description.", model="gpt-4o", max_tokens=100_000)
+    assert refused.value.status_code == 422
+    assert "thrifty budget for one request would be exceeded: limit $0.2500" in str(refused.value)
+    assert standin.calls() == 0
+
+
+def test_streams_through_the_proxy_are_cached(proxy: ProxyProcess, standin: Standin) -> None:
+    def streamed() -> str:
+        chunks = client(proxy).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Do you ship to Iceland?"}], stream=True)
+        return "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+
+    first = streamed()
+    assert first == "[gpt-4o-mini] Answer to: Do you ship to Iceland?"
+    for _ in range(20):  # the proxy stores a finished stream in a background task
+        if streamed() == first and standin.calls() == 1:
+            break
+        standin.reset()
+        first = streamed()
+    assert streamed() == first and standin.calls() == 1
+
+
+def test_a_wrong_key_is_refused_by_the_proxy(proxy: ProxyProcess, standin: Standin) -> None:
+    with pytest.raises(openai.APIStatusError):
+        ask(client(proxy, key="sk-not-the-master-key"), "Hello?")
+    assert standin.calls() == 0
+
+
+# ---------------------------------------------------------------------------------------- teams
+
+TEAM_AUTH = '''
+from fastapi import Request
+from litellm.proxy._types import UserAPIKeyAuth
+
+TEAMS = {"sk-team-north-0123456789": "north", "sk-team-south-0123456789": "south"}
+
+
+async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
+    if api_key not in TEAMS:
+        raise Exception("unknown key")
+    return UserAPIKeyAuth(api_key=api_key, team_id=TEAMS[api_key])
+'''
+NORTH, SOUTH = "sk-team-north-0123456789", "sk-team-south-0123456789"
+
+
+@pytest.fixture(scope="module")
+def team_proxy(standin_server: Standin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    """The example config with a key per team (``general_settings.custom_auth``) and a small
+    daily budget per tenant."""
+    folder = tmp_path_factory.mktemp("team-proxy")
+    config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    config["general_settings"]["custom_auth"] = "team_auth.user_api_key_auth"
+    config["thrifty"]["budget"]["limits"] = [{"scope": "tenant", "usd": 0.0045, "window": "day"}]
+    (folder / "team_auth.py").write_text(TEAM_AUTH)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = start(path, standin_server, folder)
+    yield process
+    process.stop()
+
+
+def test_teams_never_share_answers_whatever_their_metadata_says(team_proxy: ProxyProcess, standin: Standin) -> None:
+    question = "What is our negotiated discount?"
+    north, headers = ask(client(team_proxy, NORTH), question, max_tokens=50)
+    assert headers["x-thrifty-decision"] == "call"
+    _, headers = ask(client(team_proxy, SOUTH), question, max_tokens=50, extra_body={"metadata": {"tenant": "team:north"}})
+    assert headers["x-thrifty-decision"] == "call"  # south's own call, though it claims to be north
+    _, headers = ask(client(team_proxy, NORTH), question, max_tokens=50)
+    assert headers["x-thrifty-decision"] == "cache_hit"
+    assert standin.calls() == 2
+
+
+def test_each_team_has_its_own_budget(team_proxy: ProxyProcess, standin: Standin) -> None:
+    # about 1000 prompt tokens on gpt-4o: ~$0.0025 each, and the stand-in echoes them back (~$0.01)
+    long_question = "Please review this contract clause: " + "the supplier shall deliver the goods. " * 105
+    ask(client(team_proxy, NORTH), long_question + " (first)", model="gpt-4o", max_tokens=50)
+    with pytest.raises(openai.UnprocessableEntityError, match="thrifty budget for tenant 'team:north'"):
+        ask(client(team_proxy, NORTH), long_question + " (second)", model="gpt-4o", max_tokens=50)
+    answer, _ = ask(client(team_proxy, SOUTH), long_question + " (second)", model="gpt-4o", max_tokens=50)
+    assert answer.endswith("(second)")
+    assert standin.calls() == 2
+
+
+# ---------------------------------------------------------------------------------------- workers
+
+
+@pytest.fixture(scope="module")
+def shared_proxy(standin_server: Standin, redis_url: str,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    """The example config with two workers sharing cache, single-flight and budgets in Redis."""
+    folder = tmp_path_factory.mktemp("shared-proxy")
+    config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    section = config["thrifty"]
+    section["cache"] = {"backend": "redis"}
+    section["dedup"] = {"backend": "redis"}
+    section["budget"]["backend"] = "redis"
+    section["redis"] = {"url": redis_url, "key_prefix": f"proxy{uuid.uuid4().hex[:8]}"}
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = start(path, standin_server, folder, workers=2)
+    yield process
+    process.stop()
+
+
+def test_two_workers_share_the_cache_and_single_flight_through_redis(shared_proxy: ProxyProcess,
+                                                                    standin: Standin) -> None:
+    async def burst(text: str, count: int) -> list[str]:
+        async def one() -> str:  # a client of its own: a connection of its own, to either worker
+            async with openai.AsyncOpenAI(base_url=shared_proxy.url + "/v1", api_key=shared_proxy.master_key,
+                                          max_retries=0) as own:
+                raw = await own.chat.completions.with_raw_response.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": text}])
+                return str(raw.headers["x-thrifty-decision"])
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+    joined = asyncio.run(burst("Summarise the care instructions. [delay:1.0]", 8))
+    assert standin.calls() == 1 and joined.count("call") == 1
+    later = asyncio.run(burst("Summarise the care instructions. [delay:1.0]", 8))
+    assert set(later) == {"cache_hit"} and standin.calls() == 1
