@@ -17,7 +17,6 @@ import openai
 import pytest
 import yaml
 from conftest import REPO, Standin
-
 from proxy_process import ProxyProcess, proxy_available
 
 pytestmark = pytest.mark.slow
@@ -160,8 +159,10 @@ def test_teams_never_share_answers_whatever_their_metadata_says(team_proxy: Prox
     question = "What is our negotiated discount?"
     north, headers = ask(client(team_proxy, NORTH), question, max_tokens=50)
     assert headers["x-thrifty-decision"] == "call"
-    _, headers = ask(client(team_proxy, SOUTH), question, max_tokens=50, extra_body={"metadata": {"tenant": "team:north"}})
+    spoof = {"metadata": {"tenant": "team:north"}}
+    south, headers = ask(client(team_proxy, SOUTH), question, max_tokens=50, extra_body=spoof)
     assert headers["x-thrifty-decision"] == "call"  # south's own call, though it claims to be north
+    assert south == north  # the stand-in answers alike: only the call count tells them apart
     _, headers = ask(client(team_proxy, NORTH), question, max_tokens=50)
     assert headers["x-thrifty-decision"] == "cache_hit"
     assert standin.calls() == 2
