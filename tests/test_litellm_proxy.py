@@ -71,8 +71,8 @@ def test_a_reworded_question_is_a_cache_hit_that_never_reaches_the_provider(prox
 def test_identical_requests_in_flight_are_joined(proxy: ProxyProcess, standin: Standin) -> None:
     async def burst() -> list[str]:
         async_client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=proxy.master_key, max_retries=0)
-        request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarise the warranty. "
-                                                                                     "[delay:0.8]"}]}
+        question = "Summarise the warranty. [delay:0.8]"
+        request: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}]}
         raws = await asyncio.gather(*(async_client.chat.completions.with_raw_response.create(**request)
                                       for _ in range(6)))
         await async_client.close()
