@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,11 +37,12 @@ from thrifty.gate import Reused, Ticket
 from thrifty.settings import ThriftySettings
 
 from .callback import ThriftyCallback
-from .translate import THRIFTY
+from .translate import THRIFTY, call_id_of, decision_info
 
 log = logging.getLogger("thrifty.litellm")
 
 _CHAT_CALLS = ("acompletion", "completion")
+_DECIDED_KEPT = 10_000
 _handler: ThriftyProxyHandler | None = None
 _lock = threading.Lock()
 
@@ -49,12 +51,24 @@ class ThriftyProxyHandler(ThriftyCallback):
     """:class:`ThriftyCallback` with the proxy's own hooks: decide per request with the caller's
     team or key as tenant, route by model name, say what was decided in response headers."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # what was decided per call id, for the headers of responses that cannot carry it
+        # themselves (a stream's wrapper has no room for it); bounded, oldest dropped first
+        self._decided: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict[str, Any],
                                   call_type: Any) -> dict[str, Any]:
         if str(call_type) not in _CHAT_CALLS or not isinstance(data.get("messages"), list):
             return data
         state = await self.adecide(data, tenant=tenant_of(user_api_key_dict), recall=_proxy_recall)
         decision = state.decision
+        call_id = call_id_of(data)
+        if call_id is not None:
+            with self._lock:
+                self._decided[call_id] = decision_info(decision)
+                while len(self._decided) > _DECIDED_KEPT:
+                    self._decided.popitem(last=False)
         self.apply(state, data)
         if isinstance(decision, Ticket) and decision.route.tier is not None and decision.model is not None:
             data["model"] = decision.model  # a model_name of the proxy's model_list
@@ -69,8 +83,13 @@ class ThriftyProxyHandler(ThriftyCallback):
                                                     response: Any, request_headers: dict[str, str] | None = None,
                                                     litellm_call_info: dict[str, Any] | None = None
                                                     ) -> dict[str, str] | None:
+        call_id = call_id_of(data)
+        with self._lock:
+            decided = self._decided.pop(call_id, None) if call_id is not None else None
         hidden = getattr(response, "_hidden_params", None)
         info = hidden.get(THRIFTY) if isinstance(hidden, Mapping) else None
+        if not isinstance(info, Mapping):
+            info = decided
         if not isinstance(info, Mapping):
             return None
         headers = {"x-thrifty-decision": str(info.get("decision"))}

@@ -8,6 +8,7 @@ workers sharing the cache, single-flight and budgets through Redis."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,19 +102,16 @@ def test_a_budget_refusal_is_an_http_422_with_thriftys_message(proxy: ProxyProce
 
 
 def test_streams_through_the_proxy_are_cached(proxy: ProxyProcess, standin: Standin) -> None:
-    def streamed() -> str:
-        chunks = client(proxy).chat.completions.create(
+    def streamed() -> tuple[str, str]:
+        raw = client(proxy).chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "Do you ship to Iceland?"}], stream=True)
-        return "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in raw.parse() if chunk.choices)
+        return text, raw.headers["x-thrifty-decision"]
 
-    first = streamed()
-    assert first == "[gpt-4o-mini] Answer to: Do you ship to Iceland?"
-    for _ in range(20):  # the proxy stores a finished stream in a background task
-        if streamed() == first and standin.calls() == 1:
-            break
-        standin.reset()
-        first = streamed()
-    assert streamed() == first and standin.calls() == 1
+    first, decision = streamed()
+    assert first == "[gpt-4o-mini] Answer to: Do you ship to Iceland?" and decision == "call"
+    time.sleep(1.0)  # the proxy stores a finished stream in a background task
+    assert streamed() == (first, "cache_hit") and standin.calls() == 1
 
 
 def test_a_wrong_key_is_refused_by_the_proxy(proxy: ProxyProcess, standin: Standin) -> None:
