@@ -165,8 +165,10 @@ class EmbeddedStore:
         return self.get_exact(scope, exact_key, now)  # memory only: microseconds
 
     async def asearch(self, scope: str, vector: Vector, k: int, now: float) -> list[Neighbour]:
-        if len(self._indexes.get(scope) or ()) < self._hnsw_threshold // 4:
-            return self.search(scope, vector, k, now)  # small scope: faster than a thread hop
+        if len(self._indexes.get(scope) or ()) < self._hnsw_threshold:
+            # brute force over fewer than hnsw_threshold vectors takes well under a millisecond:
+            # cheaper than a thread hop and the GIL contention that comes with it
+            return self.search(scope, vector, k, now)
         return await asyncio.to_thread(self.search, scope, vector, k, now)
 
     async def aput(self, entry: CacheEntry) -> None:

@@ -15,7 +15,6 @@ vector: a truncated prefix must not be matched by meaning.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
@@ -29,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from .batching import MicroBatcher
 from .settings import EmbedderSettings
 
 log = logging.getLogger("thrifty.embedder")
@@ -104,6 +104,9 @@ class SentenceTransformerEmbedder:
         self._dim: int | None = None
         self._window = 0
         self.backend_in_use: str | None = None
+        # async callers' texts are embedded together when they arrive while the model is busy
+        self._batcher: MicroBatcher[str, Vector | None] = MicroBatcher(lambda texts: self.embed(texts),
+                                                                      name="thrifty-embedder")
 
     # ------------------------------------------------------------------ the Embedder interface
     @property
@@ -144,7 +147,7 @@ class SentenceTransformerEmbedder:
         with self._memo_lock:
             if all(t in self._memo for t in texts):
                 return [self._memo[t] for t in texts]
-        return await asyncio.to_thread(self.embed, texts)
+        return await self._batcher.run(texts)
 
     def embed_truncated(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Vectors of the texts' first window of word pieces (one row per text, never None).
@@ -213,6 +216,9 @@ class SentenceTransformerEmbedder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # busy-waiting threads cost a server, where lookups come one at a time, ~60% more CPU per
+        # embedding on 2 cores (7.4 against 12.1 ms) for ~1 ms less latency (4.6 against 3.5 ms)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.settings.spin else "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._check_onnx(model, session)
