@@ -180,17 +180,33 @@ def test_each_team_has_its_own_budget(team_proxy: ProxyProcess, standin: Standin
 # ---------------------------------------------------------------------------------------- workers
 
 
+WORKER_AUTH = '''
+import os
+from fastapi import Request
+from litellm.proxy._types import UserAPIKeyAuth
+
+
+async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
+    with open("PIDS", "a") as log:  # which worker took the request
+        log.write(f"{os.getpid()}\\n")
+    return UserAPIKeyAuth(api_key=api_key, team_id="shared")
+'''
+
+
 @pytest.fixture(scope="module")
 def shared_proxy(standin_server: Standin, redis_url: str,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
-    """The example config with two workers sharing cache, single-flight and budgets in Redis."""
+    """The example config with two workers sharing cache, single-flight and budgets in Redis; the
+    master key's budget fits two calls of at most 1000 tokens on gpt-4o-mini (~$0.0006 each)."""
     folder = tmp_path_factory.mktemp("shared-proxy")
     config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     section = config["thrifty"]
     section["cache"] = {"backend": "redis"}
     section["dedup"] = {"backend": "redis"}
-    section["budget"]["backend"] = "redis"
+    section["budget"] = {"backend": "redis", "limits": [{"scope": "tenant", "usd": 0.0013, "window": "day"}]}
     section["redis"] = {"url": redis_url, "key_prefix": f"proxy{uuid.uuid4().hex[:8]}"}
+    config["general_settings"]["custom_auth"] = "worker_auth.user_api_key_auth"
+    (folder / "worker_auth.py").write_text(WORKER_AUTH.replace("PIDS", str(folder / "pids.log")))
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     process = start(path, standin_server, folder, workers=2)
@@ -198,19 +214,42 @@ def shared_proxy(standin_server: Standin, redis_url: str,
     process.stop()
 
 
+def workers_seen(proxy: ProxyProcess) -> set[str]:
+    return set((proxy.log.parent / "pids.log").read_text().split())
+
+
+async def burst_on_own_connections(proxy: ProxyProcess, texts: list[str]) -> list[tuple[int, str]]:
+    """Each text from a client of its own (a connection of its own, to either worker), 20 ms
+    apart: (HTTP status, x-thrifty-decision or the error message) for each."""
+    async def one(index: int, text: str) -> tuple[int, str]:
+        await asyncio.sleep(0.02 * index)
+        async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=proxy.master_key, max_retries=0) as own:
+            try:
+                raw = await own.chat.completions.with_raw_response.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": text}], max_tokens=1000)
+            except openai.APIStatusError as error:
+                return error.status_code, str(error)
+            return raw.http_response.status_code, str(raw.headers["x-thrifty-decision"])
+
+    return list(await asyncio.gather(*(one(index, text) for index, text in enumerate(texts))))
+
+
 def test_two_workers_share_the_cache_and_single_flight_through_redis(shared_proxy: ProxyProcess,
                                                                     standin: Standin) -> None:
-    async def burst(text: str, count: int) -> list[str]:
-        async def one() -> str:  # a client of its own: a connection of its own, to either worker
-            async with openai.AsyncOpenAI(base_url=shared_proxy.url + "/v1", api_key=shared_proxy.master_key,
-                                          max_retries=0) as own:
-                raw = await own.chat.completions.with_raw_response.create(
-                    model="gpt-4o-mini", messages=[{"role": "user", "content": text}])
-                return str(raw.headers["x-thrifty-decision"])
+    question = "Summarise the care instructions. [delay:1.0]"
+    joined = asyncio.run(burst_on_own_connections(shared_proxy, [question] * 12))
+    assert standin.calls() == 1 and [d for _, d in joined].count("call") == 1
+    later = asyncio.run(burst_on_own_connections(shared_proxy, [question] * 12))
+    assert {d for _, d in later} == {"cache_hit"} and standin.calls() == 1
+    assert len(workers_seen(shared_proxy)) == 2, "the requests did not reach both workers: nothing was shown"
 
-        return list(await asyncio.gather(*(one() for _ in range(count))))
 
-    joined = asyncio.run(burst("Summarise the care instructions. [delay:1.0]", 8))
-    assert standin.calls() == 1 and joined.count("call") == 1
-    later = asyncio.run(burst("Summarise the care instructions. [delay:1.0]", 8))
-    assert set(later) == {"cache_hit"} and standin.calls() == 1
+def test_two_workers_share_one_budget_through_redis(shared_proxy: ProxyProcess, standin: Standin) -> None:
+    texts = [f"Describe product {n} in detail. [delay:1.0]" for n in range(12)]
+    (shared_proxy.log.parent / "pids.log").write_text("")
+    results = asyncio.run(burst_on_own_connections(shared_proxy, texts))
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200, 200] + [422] * 10, results  # two reservations fit, whichever worker took them
+    assert all("thrifty budget for tenant" in message for status, message in results if status == 422)
+    assert standin.calls() == 2
+    assert len(workers_seen(shared_proxy)) == 2, "the requests did not reach both workers: nothing was shown"
