@@ -204,6 +204,7 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
 
     def _abandoned(self, call_id: str) -> None:
         state = self._pop(call_id)
+        log.debug("thrifty: LiteLLM dropped call %s (%s)", call_id, "open" if state is not None else "finished")
         if state is not None and isinstance(state.decision, Ticket):
             state.decision.fail(CallAbandoned("the call was cancelled, or its stream dropped before the end"))
 

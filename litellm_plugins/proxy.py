@@ -140,5 +140,15 @@ def handler() -> ThriftyProxyHandler:
     with _lock:
         if _handler is None:
             _handler = ThriftyProxyHandler(proxy_settings())
+            # load the embedding model now, not in the first request (seconds on a small machine)
+            threading.Thread(target=_warm_up, args=(_handler,), name="thrifty-warm-up", daemon=True).start()
             log.info("thrifty proxy handler ready")
         return _handler
+
+
+def _warm_up(handler: ThriftyProxyHandler) -> None:
+    try:
+        if handler.gate.settings.cache.semantic:
+            handler.gate.cache.embedder.embed(["thrifty warm-up"])
+    except Exception as exc:  # noqa: BLE001 - the first request will try again, and fail open
+        log.warning("thrifty: could not load the embedding model at start-up: %r", exc)

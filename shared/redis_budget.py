@@ -121,6 +121,8 @@ class RedisBudgetStore:
             args += [charge.limit, charge.window or 0]
         blocked = self.redis.run(lambda: self._reserve(keys=self._keys(charges), args=args), _UNREACHABLE)
         if blocked is _UNREACHABLE:
+            self.redis.log_once("budget-local", "thrifty: Redis is unreachable for budgets; this process holds "
+                                "the limits on its own books until it is back")
             refused = self.local.reserve(charges, amount, reservation_id, now, ttl)
             if refused is None:
                 with self._lock:

@@ -17,7 +17,8 @@ answered what. Directives in the last user message change the behaviour:
 
 A request with ``response_format`` of type ``json_object`` or ``json_schema`` gets the answer as
 ``{"answer": "..."}``. Usage counts are one token per four characters, at least one.
-``GET /stats`` returns ``{"calls": n, "by_model": {...}}``; ``POST /stats/reset`` zeroes them.
+``GET /stats`` returns ``{"calls": n, "by_model": {...}, "max_in_flight": m}`` (the most requests it
+was answering at once); ``POST /stats/reset`` zeroes them.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from aiohttp import web
 
 _DIRECTIVE = re.compile(r"\[(refuse-if|status|delay|cut):([^\]]+)\]")
 CALLS: Counter[str] = Counter()
+FLIGHT = {"now": 0, "max": 0}  # requests being answered at once, and the most there were
 
 
 def _tokens(text: str) -> int:
@@ -74,6 +76,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                                  status=400)
     model = str(body.get("model", ""))
     CALLS[model] += 1
+    FLIGHT["now"] += 1
+    FLIGHT["max"] = max(FLIGHT["max"], FLIGHT["now"])
+    try:
+        return await _answer(request, body, model)
+    finally:
+        FLIGHT["now"] -= 1
+
+
+async def _answer(request: web.Request, body: dict[str, Any], model: str) -> web.StreamResponse:
     answer, directives = answer_for(body)
     if "delay" in directives:
         await asyncio.sleep(float(directives["delay"]))
@@ -121,11 +132,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def stats(request: web.Request) -> web.Response:
-    return web.json_response({"calls": CALLS.total(), "by_model": dict(CALLS)})
+    return web.json_response({"calls": CALLS.total(), "by_model": dict(CALLS), "max_in_flight": FLIGHT["max"]})
 
 
 async def reset(request: web.Request) -> web.Response:
     CALLS.clear()
+    FLIGHT["max"] = FLIGHT["now"]
     return web.json_response({"calls": 0})
 
 
