@@ -168,11 +168,12 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
         return state
 
     def _refusal(self, exc: Exception) -> None:
-        """Budget refusals and a joined leader's failure reach the caller; anything else is
-        thrifty's own failure, and the call goes through untouched."""
-        if isinstance(exc, BudgetExceeded):
+        """Budget refusals and a joined leader's failure reach the caller (see
+        :func:`reaches_caller`); anything else is thrifty's own failure, and the call goes
+        through untouched."""
+        if isinstance(exc, BudgetExceeded) and not isinstance(exc, BudgetExceededError):
             raise BudgetExceededError(exc) from None
-        if isinstance(exc, UpstreamError) or getattr(exc, "status_code", None) is not None:
+        if reaches_caller(exc):
             raise exc
         self._warn_once("decide", exc)
 
@@ -383,24 +384,19 @@ class ThriftyCache(Cache):  # type: ignore[misc]
     def get_cache(self, dynamic_cache_object: Any = None, **kwargs: Any) -> Any:
         try:
             return self.callback.lookup(kwargs)
-        except (BudgetExceededError, UpstreamError):
-            raise
-        except Exception as exc:  # a raise here fails the caller's call: only a refusal may
-            if getattr(exc, "status_code", None) is not None:
-                raise
-            self.callback._warn_once("lookup", exc)
-            return None
+        except Exception as exc:  # noqa: BLE001 - a raise here fails the call: only a refusal may
+            return self._lookup_failed(exc)
 
     async def async_get_cache(self, dynamic_cache_object: Any = None, **kwargs: Any) -> Any:
         try:
             return await self.callback.alookup(kwargs)
-        except (BudgetExceededError, UpstreamError):
-            raise
-        except Exception as exc:  # a raise here fails the caller's call: only a refusal may
-            if getattr(exc, "status_code", None) is not None:
-                raise
-            self.callback._warn_once("lookup", exc)
-            return None
+        except Exception as exc:  # noqa: BLE001 - a raise here fails the call: only a refusal may
+            return self._lookup_failed(exc)
+
+    def _lookup_failed(self, exc: Exception) -> None:
+        if reaches_caller(exc):
+            raise exc
+        self.callback._warn_once("lookup", exc)
 
     def add_cache(self, result: Any, dynamic_cache_object: Any = None, **kwargs: Any) -> None:
         try:  # a raise here would fail a call that succeeded (litellm/caching/caching_handler.py)
@@ -413,6 +409,12 @@ class ThriftyCache(Cache):  # type: ignore[misc]
             await self.callback.afinish(kwargs, result)
         except Exception as exc:  # noqa: BLE001
             self.callback._warn_once("store", exc)
+
+
+def reaches_caller(exc: BaseException) -> bool:
+    """Whether an error from thrifty's decision is the caller's to see: a budget refusal, or the
+    failure of the joined call it was waiting for (an upstream error, with its HTTP status)."""
+    return isinstance(exc, (BudgetExceeded, UpstreamError)) or getattr(exc, "status_code", None) is not None
 
 
 def _annotate(response: Any, ticket: Ticket) -> None:
