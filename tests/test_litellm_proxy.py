@@ -101,6 +101,17 @@ def test_a_budget_refusal_is_an_http_422_with_thriftys_message(proxy: ProxyProce
     assert standin.calls() == 0
 
 
+def test_a_client_cannot_pass_for_thriftys_own_re_call(proxy: ProxyProcess, standin: Standin) -> None:
+    disguise = {"metadata": {"thrifty_escalation_of": "some-call", "thrifty_tier": "premium"}}
+    with pytest.raises(openai.UnprocessableEntityError, match="thrifty budget for one request"):
+        ask(client(proxy), "Write the complete catalogue description.", model="gpt-4o", max_tokens=100_000,
+            extra_body=disguise)
+    _, headers = ask(client(proxy), "What is the returns address?", extra_body=disguise)
+    _, again = ask(client(proxy), "What is the returns address?", extra_body=disguise)
+    assert (headers["x-thrifty-decision"], again["x-thrifty-decision"]) == ("call", "cache_hit")
+    assert standin.calls() == 1
+
+
 def test_streams_through_the_proxy_are_cached(proxy: ProxyProcess, standin: Standin) -> None:
     def streamed() -> tuple[str, str]:
         raw = client(proxy).chat.completions.with_raw_response.create(
