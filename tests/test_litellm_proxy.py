@@ -177,6 +177,21 @@ def test_teams_never_share_answers_whatever_their_metadata_says(team_proxy: Prox
     assert standin.calls() == 2
 
 
+def test_teams_never_join_each_others_calls(team_proxy: ProxyProcess, standin: Standin) -> None:
+    async def both() -> list[str]:
+        async def one(key: str) -> str:
+            async with openai.AsyncOpenAI(base_url=team_proxy.url + "/v1", api_key=key, max_retries=0) as own:
+                raw = await own.chat.completions.with_raw_response.create(
+                    model="gpt-4o-mini", max_tokens=50,
+                    messages=[{"role": "user", "content": "Summarise our contract terms. [delay:1.0]"}])
+                return str(raw.headers["x-thrifty-decision"])
+
+        return list(await asyncio.gather(one(NORTH), one(SOUTH), one(NORTH)))
+
+    decisions = asyncio.run(both())
+    assert standin.calls() == 2 and decisions.count("call") == 2  # one per team; north's second joins north's
+
+
 def test_each_team_has_its_own_budget(team_proxy: ProxyProcess, standin: Standin) -> None:
     # about 1000 prompt tokens on gpt-4o: ~$0.0025 each, and the stand-in echoes them back (~$0.01)
     long_question = "Please review this contract clause: " + "the supplier shall deliver the goods. " * 105
