@@ -34,7 +34,7 @@ from litellm.router import Router as LiteLLMRouter
 from litellm.router_utils.cooldown_handlers import get_cooldown_deployments
 from litellm.types.router import CustomRoutingStrategyBase
 from thrifty.gate import Ticket
-from thrifty.router import Router
+from thrifty.router import Router, Tier
 from thrifty.settings import RouterSettings, TierSettings
 
 from .callback import CallState, ThriftyCallback
@@ -138,12 +138,17 @@ class CostAwareRouting(CustomRoutingStrategyBase):  # type: ignore[misc]
         names = [name for name, _ in self.tiers]
         start = names.index(wanted) if wanted in names else 0
         healthy = {_id(d) for d in candidates if isinstance(d, Mapping)}
-        # the wanted tier; if all its deployments are cooling down, the next one up, then down
+        ticket = state.decision if isinstance(state.decision, Ticket) and state.parent is None else None
+        # the wanted tier; if all its deployments are cooling down, the next one up, then down -
+        # as long as the budget covers the tier moved to (thrifty reserves its worst case instead)
         for name in names[start:] + names[:start][::-1]:
             usable = [d for d in dict(self.tiers)[name] if _id(d) in healthy]
-            if usable:
+            if usable and (ticket is None or ticket.reroute(self._tier(name))):
                 return random.choice(usable)
         return random.choice(dict(self.tiers)[wanted] if wanted in names else self.tiers[0][1])
+
+    def _tier(self, name: str) -> Tier:
+        return next(t for t in self.thrifty_router.tiers if t.name == name)
 
     def __repr__(self) -> str:
         return f"CostAwareRouting(group={self.group!r}, tiers={[name for name, _ in self.tiers]})"

@@ -48,7 +48,7 @@ from .budget import Budget, BudgetExceeded, BudgetStore, Reservation
 from .cache import Completion, Lookup, SemanticCache
 from .ledger import LedgerEvent
 from .request import CanonicalRequest
-from .router import Route, Router, Validator, validation_failure
+from .router import Route, Router, Tier, Validator, validation_failure
 from .scoring import Features, RulesScorer
 from .settings import ThriftySettings
 from .singleflight import Flight, FlightTable
@@ -166,6 +166,23 @@ class Ticket:
         self.escalations.append(reason)
         self.route = Route(upper, self.route.score, "escalation")
         self.reservation = reservation
+        return True
+
+    def reroute(self, tier: Tier) -> bool:
+        """The chosen tier cannot take the call (its deployments are down, say): make it on
+        ``tier`` instead (route reason ``unavailable``), reserving that tier's worst case in place
+        of the chosen one's. False when the budget cannot cover ``tier``: the call must not be
+        made there."""
+        if self.route.tier is None or tier.name == self.route.tier.name:
+            return True
+        canon = self.request if isinstance(self.request, CanonicalRequest) else None
+        try:
+            reservation = self._gate._reserve(self.original, canon, tier.model)
+        except BudgetExceeded:
+            return False
+        self._gate._release_budget(self)
+        self.reservation = reservation
+        self.route = Route(tier, self.route.score, "unavailable")
         return True
 
     def validation_failure(self, completion: Completion) -> str | None:

@@ -59,7 +59,7 @@ class Route:
 
     tier: Tier | None
     score: float | None
-    reason: Literal["passthrough", "override", "score", "budget", "escalation"]
+    reason: Literal["passthrough", "override", "score", "budget", "escalation", "unavailable"]
 
     @property
     def model(self) -> str | None:

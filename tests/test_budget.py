@@ -18,7 +18,7 @@ from conftest import Clock, answer, chat, make_cache
 from thrifty.budget import Budget, BudgetExceeded, MemoryBudgetStore, prompt_tokens
 from thrifty.cache import Completion
 from thrifty.embedder import SentenceTransformerEmbedder
-from thrifty.gate import Reused, Thrifty
+from thrifty.gate import Reused, Thrifty, Ticket
 from thrifty.ledger import Ledger
 from thrifty.pricing import PriceTable
 from thrifty.redis_budget import RedisBudgetStore
@@ -290,3 +290,31 @@ def test_concurrent_async_calls_through_the_gate_cannot_overspend(embedder: Sent
 
 def test_memory_store_is_the_default() -> None:
     assert isinstance(budget([]).store, MemoryBudgetStore)
+
+
+def test_a_rerouted_call_holds_the_new_tiers_worst_case_and_never_more_than_the_budget(
+        embedder: SentenceTransformerEmbedder) -> None:
+    gate = gate_with(embedder, "raise", 0.004)
+    request = chat("What is the refund policy?", model="auto", max_tokens=100, metadata={"tenant": "acme"})
+    charge = gate.budget.charges(canonicalize(request))[0]
+    cheap, premium = gate.router.tiers  # type: ignore[union-attr]
+
+    first = gate.begin(request)
+    assert isinstance(first, Ticket) and first.route.tier == premium
+    premium_worst = first.reservation.amount  # type: ignore[union-attr]
+    assert first.reroute(cheap)  # premium's deployments are down: the cheap tier takes it
+    assert first.model == "cheap-model" and first.route.reason == "unavailable"
+    cheap_worst = first.reservation.amount  # type: ignore[union-attr]
+    assert cheap_worst < premium_worst
+    assert gate.budget.store.usage(charge, gate.budget.clock())[1] == pytest.approx(cheap_worst)
+
+    second = gate.begin(chat("How do I reset my password?", model="auto", max_tokens=100,
+                             metadata={"tenant": "acme"}))
+    assert isinstance(second, Ticket) and second.route.tier == premium
+    assert not first.reroute(premium)  # moving up would pass the limit: refused, nothing changes
+    assert first.model == "cheap-model" and first.reservation.amount == cheap_worst  # type: ignore[union-attr]
+    held = cheap_worst + second.reservation.amount  # type: ignore[union-attr]
+    assert gate.budget.store.usage(charge, gate.budget.clock())[1] == pytest.approx(held)
+    first.complete(answer("refunds within 30 days", cost=0.0001))
+    second.complete(answer("use the link", cost=0.0001))
+    assert gate.budget.store.usage(charge, gate.budget.clock()) == pytest.approx((0.0002, 0.0))

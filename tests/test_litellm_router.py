@@ -173,6 +173,33 @@ def test_near_a_budget_limit_a_premium_request_is_downgraded(standin: Standin, e
     assert standin.calls() == 1
 
 
+def test_a_tier_cooling_down_passes_its_traffic_up(standin: Standin, embedder: SentenceTransformerEmbedder,
+                                                  tmp_path: Path) -> None:
+    callback = install(embedder, tmp_path)
+    try:
+        router = Router(model_list=[
+            {"model_name": "auto", "litellm_params": {"model": "openai/gpt-4o-mini", "api_key": "sk-standin",
+                                                      "api_base": "http://127.0.0.1:9/v1"},  # nothing listens
+             "model_info": {"id": "cheap-1", "thrifty_tier": "cheap"}},
+            {"model_name": "auto", "litellm_params": {"model": "openai/gpt-4o", "api_key": "sk-standin",
+                                                      "api_base": standin.url},
+             "model_info": {"id": "premium-1", "thrifty_tier": "premium"}},
+        ], num_retries=0, allowed_fails=0, cooldown_time=60)
+        CostAwareRouting.install(router, callback=callback)
+
+        async def scenario() -> Any:
+            with pytest.raises(Exception):  # noqa: B017 - the cheap tier's connection error, as LiteLLM words it
+                await router.acompletion(**ask(EASY))
+            await asyncio.sleep(0.2)  # LiteLLM records the failure in a background task
+            return await router.acompletion(**ask("Do you deliver on Sundays?"))
+
+        moved = asyncio.run(scenario())
+        assert answered_by(moved) == "gpt-4o" and standin.stats()["by_model"] == {"gpt-4o": 1}
+        assert info(moved)["tier"] == "premium" and info(moved)["route"] == "unavailable"
+    finally:
+        litellm_plugins.uninstall()
+
+
 def test_a_group_without_deployments_is_a_clear_error(standin: Standin, embedder: SentenceTransformerEmbedder,
                                                      tmp_path: Path) -> None:
     callback = install(embedder, tmp_path)
