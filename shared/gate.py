@@ -35,6 +35,7 @@ What is joined and what never is:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
@@ -44,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .budget import Budget, BudgetExceeded, BudgetStore, Reservation
+from .budget import Budget, BudgetExceeded, BudgetStore, Reservation, prompt_tokens
 from .cache import Completion, Lookup, SemanticCache
 from .ledger import LedgerEvent
 from .request import CanonicalRequest
@@ -68,6 +69,17 @@ class UpstreamError(RuntimeError):
 
 class StreamFailed(UpstreamError):
     """The leader's streamed answer broke off midway; followers get this, and nothing is cached."""
+
+
+def with_usage(completion: Completion, request: Mapping[str, Any], model: str | None) -> Completion:
+    """``completion``, with token counts estimated from the request and the answer's text when it
+    came without usage or cost (a stream whose usage was not asked for), so that budgets and the
+    ledger do not count it as free."""
+    if completion.cost is not None or completion.prompt_tokens or completion.completion_tokens or not completion.text:
+        return completion
+    answer = {"messages": [{"role": "assistant", "content": completion.text}]}
+    return dataclasses.replace(completion, prompt_tokens=prompt_tokens(request, model),
+                               completion_tokens=prompt_tokens(answer, model))
 
 
 def is_deterministic(error: BaseException) -> bool:
@@ -214,6 +226,7 @@ class Ticket:
     def complete(self, completion: Completion, *, store: bool = True) -> None:
         """The call ended with ``completion``. ``store=False`` hands it to the followers but keeps
         it out of the cache (an answer that failed validation on the last tier)."""
+        completion = with_usage(completion, self.original, self.model)
         if self._settle():
             self._resolve(completion)  # followers first: they are waiting
             if self._lease is not None:
@@ -224,6 +237,7 @@ class Ticket:
             self._release()
 
     async def acomplete(self, completion: Completion, *, store: bool = True) -> None:
+        completion = with_usage(completion, self.original, self.model)
         if self._settle():
             self._resolve(completion)  # followers first: they are waiting
             if self._lease is not None:

@@ -12,7 +12,7 @@ import pytest
 from conftest import answer, chat, make_cache
 from thrifty.cache import Completion
 from thrifty.embedder import SentenceTransformerEmbedder
-from thrifty.gate import Reused, StreamFailed, Thrifty, Ticket, UpstreamError, is_deterministic
+from thrifty.gate import Reused, StreamFailed, Thrifty, Ticket, UpstreamError, is_deterministic, with_usage
 
 
 class Upstream:
@@ -274,3 +274,14 @@ def test_cache_hits_come_before_joining(embedder: SentenceTransformerEmbedder) -
     first, second = asyncio.run(scenario())
     assert isinstance(first, Completion) and isinstance(second, Reused) and second.source == "semantic"
     assert upstream.calls == 1
+
+
+def test_an_answer_without_usage_is_counted_from_its_text_not_as_free() -> None:
+    request = chat("Which payment methods do you accept?")
+    bare = answer("Cards, PayPal and bank transfer.")
+    counted = with_usage(bare, request, "gpt-4o-mini")
+    assert counted.prompt_tokens > 5 and counted.completion_tokens > 5 and counted.text == bare.text
+    priced = answer("Cards.", cost=0.001)
+    assert with_usage(priced, request, "gpt-4o-mini") is priced  # a known cost is kept
+    measured = answer("Cards.", prompt_tokens=12, completion_tokens=3)
+    assert with_usage(measured, request, "gpt-4o-mini") is measured

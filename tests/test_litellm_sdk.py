@@ -236,6 +236,9 @@ def test_streams_are_stored_and_served_as_chunks(provider: Provider, thrifty_on:
     whole = litellm.completion(**provider.call("Which payment methods do you accept?"))
     assert text_of(whole) == first and thrifty_of(whole)["decision"] == "cache_hit"
     provider.assert_all_played(1)
+    # LiteLLM's sync stream carries no usage (thrifty cannot ask for it there): estimated, not free
+    totals = thrifty_on.gate.ledger.totals()
+    assert totals.calls == 1 and totals.tokens > 0 and totals.cost > 0
 
 
 def test_async_stream_is_stored_when_it_ends(provider: Provider, thrifty_on: ThriftyCallback) -> None:
