@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -109,6 +110,7 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
         self._calls: dict[str, CallState] = {}
         self._lock = threading.Lock()
         self._warned: set[str] = set()
+        self._recalls: set[str] = set()  # marks of thrifty's own re-calls in flight: no caller can forge one
         if litellm.cache is not None and not isinstance(litellm.cache, ThriftyCache):
             log.warning("thrifty replaces the litellm.cache that was set (%s)", type(litellm.cache).__name__)
         litellm.cache = self.cache
@@ -160,7 +162,9 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
             state = None  # a retry of a call whose first attempt ended: decide again
         if state is None:
             parent = metadata_of(kwargs).get(PARENT)
-            if parent is not None:  # thrifty's own re-call on a higher tier: already decided
+            with self._lock:
+                ours = parent is not None and str(parent) in self._recalls
+            if ours:  # thrifty's own re-call on a higher tier: already decided
                 state = CallState(None, parent=str(parent))
                 if call_id is not None:
                     with self._lock:
@@ -307,13 +311,20 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
     async def _recall(self, state: CallState, ticket: Ticket, call_id: str | None) -> Any:
         kwargs = dict(state.recall_kwargs)
         tier = ticket.route.tier.name if ticket.route.tier is not None else None
-        kwargs["metadata"] = {**(kwargs.get("metadata") or {}), PARENT: call_id, TIER_PIN: tier}
+        mark = f"{call_id}:{uuid.uuid4().hex}"
+        kwargs["metadata"] = {**(kwargs.get("metadata") or {}), PARENT: mark, TIER_PIN: tier}
         kwargs["model"] = state.recall_model or ticket.model
         kwargs.pop("stream", None)
         if state.reroute:  # a LiteLLM model name, not one of a Router's
             kwargs["custom_llm_provider"] = _provider(ticket.model)
         assert state.recall is not None
-        return await state.recall(**kwargs)
+        with self._lock:
+            self._recalls.add(mark)
+        try:
+            return await state.recall(**kwargs)
+        finally:
+            with self._lock:
+                self._recalls.discard(mark)
 
     def failed(self, kwargs: Mapping[str, Any], error: BaseException | None, *, mid_stream: bool = False) -> None:
         _, ticket = self._ticket(kwargs)

@@ -37,7 +37,7 @@ from thrifty.gate import Reused, Ticket
 from thrifty.settings import ThriftySettings
 
 from .callback import ThriftyCallback
-from .translate import PARENT, THRIFTY, TIER_PIN, call_id_of, decision_info
+from .translate import THRIFTY, call_id_of, decision_info
 
 log = logging.getLogger("thrifty.litellm")
 
@@ -61,11 +61,6 @@ class ThriftyProxyHandler(ThriftyCallback):
                                   call_type: Any) -> dict[str, Any]:
         if str(call_type) not in _CHAT_CALLS or not isinstance(data.get("messages"), list):
             return data
-        for bucket in ("metadata", "litellm_metadata"):  # only thrifty marks its own re-calls
-            metadata = data.get(bucket)
-            if isinstance(metadata, dict):
-                for key in (PARENT, TIER_PIN):
-                    metadata.pop(key, None)
         state = await self.adecide(data, tenant=tenant_of(user_api_key_dict), recall=_proxy_recall)
         decision = state.decision
         call_id = call_id_of(data)

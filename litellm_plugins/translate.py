@@ -24,8 +24,8 @@ _INTERNAL = frozenset({
 
 # The key under which thrifty's decision travels in a call's metadata and response.
 THRIFTY = "thrifty"
-# Metadata marking a re-call on a higher tier, made by thrifty for the call whose id it holds,
-# and the tier it goes to.
+# Metadata marking a re-call on a higher tier made by thrifty (a mark only the callback that made
+# the re-call recognises, so a caller cannot forge one), and the tier it goes to.
 PARENT = "thrifty_escalation_of"
 TIER_PIN = "thrifty_tier"
 
