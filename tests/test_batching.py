@@ -12,15 +12,29 @@ from thrifty.batching import MicroBatcher
 
 
 class Slow:
-    """A batch function that takes a while and records the batches it was given."""
+    """A batch function that records the batches it was given. Its first run holds until
+    :meth:`let_go` (so that callers can queue up behind it, whatever the machine's speed);
+    later runs take ``seconds``."""
 
-    def __init__(self, seconds: float = 0.1, fail_on: str | None = None) -> None:
+    def __init__(self, seconds: float = 0.0, fail_on: str | None = None) -> None:
         self.seconds = seconds
         self.fail_on = fail_on
         self.batches: list[list[str]] = []
+        self.started = threading.Event()
+        self.released = threading.Event()
+
+    async def busy(self) -> None:
+        """Wait until the first run is under way."""
+        await asyncio.to_thread(self.started.wait, 10)
+
+    def let_go(self) -> None:
+        self.released.set()
 
     def __call__(self, items: list[str]) -> list[str]:
         self.batches.append(list(items))
+        if not self.started.is_set():
+            self.started.set()
+            self.released.wait(10)
         time.sleep(self.seconds)
         if self.fail_on is not None and self.fail_on in items:
             raise ValueError(f"cannot compute {self.fail_on}")
@@ -33,8 +47,10 @@ def test_callers_arriving_while_it_is_busy_share_one_run_and_get_their_own_resul
 
     async def burst() -> list[list[str]]:
         first = asyncio.create_task(batcher.run(["a0"]))
-        await asyncio.sleep(0.03)  # the first run is under way
-        rest = [batcher.run([f"b{i}", f"c{i}"]) for i in range(6)]
+        await compute.busy()
+        rest = [asyncio.create_task(batcher.run([f"b{i}", f"c{i}"])) for i in range(6)]
+        await asyncio.sleep(0)  # they queue up behind the first run
+        compute.let_go()
         return [await first, *await asyncio.gather(*rest)]
 
     results = asyncio.run(burst())
@@ -44,14 +60,20 @@ def test_callers_arriving_while_it_is_busy_share_one_run_and_get_their_own_resul
 
 
 def test_batches_are_capped() -> None:
-    compute = Slow(seconds=0.05)
+    compute = Slow()
     batcher = MicroBatcher(compute, max_batch=4)
 
     async def burst() -> list[list[str]]:
-        return list(await asyncio.gather(*(batcher.run([str(i)]) for i in range(10))))
+        first = asyncio.create_task(batcher.run(["first"]))
+        await compute.busy()
+        rest = [asyncio.create_task(batcher.run([str(i)])) for i in range(10)]
+        await asyncio.sleep(0)
+        compute.let_go()
+        await first
+        return list(await asyncio.gather(*rest))
 
     assert asyncio.run(burst()) == [[f"result of {i}"] for i in range(10)]
-    assert max(len(batch) for batch in compute.batches) <= 4
+    assert [len(batch) for batch in compute.batches] == [1, 4, 4, 2]
 
 
 def test_an_error_reaches_the_callers_of_that_run_only() -> None:
@@ -60,8 +82,11 @@ def test_an_error_reaches_the_callers_of_that_run_only() -> None:
 
     async def scenario() -> tuple[list[object], list[str]]:
         first = asyncio.create_task(batcher.run(["warm"]))
-        await asyncio.sleep(0.03)
-        together = await asyncio.gather(batcher.run(["bad"]), batcher.run(["good"]), return_exceptions=True)
+        await compute.busy()
+        pending = asyncio.gather(batcher.run(["bad"]), batcher.run(["good"]), return_exceptions=True)
+        await asyncio.sleep(0)
+        compute.let_go()
+        together = await pending
         await first
         return list(together), await batcher.run(["later"])
 
@@ -71,25 +96,30 @@ def test_an_error_reaches_the_callers_of_that_run_only() -> None:
 
 
 def test_a_cancelled_caller_does_not_disturb_the_others() -> None:
-    batcher = MicroBatcher(Slow())
+    compute = Slow()
+    batcher = MicroBatcher(compute)
 
     async def scenario() -> list[str]:
         first = asyncio.create_task(batcher.run(["first"]))
-        await asyncio.sleep(0.03)
+        await compute.busy()
         doomed = asyncio.create_task(batcher.run(["doomed"]))
         kept = asyncio.create_task(batcher.run(["kept"]))
         await asyncio.sleep(0)
         doomed.cancel()
         with pytest.raises(asyncio.CancelledError):
             await doomed
+        compute.let_go()
         await first
         return await kept
 
     assert asyncio.run(scenario()) == ["result of kept"]
+    assert compute.batches == [["first"], ["kept"]]  # the cancelled caller's item was never computed
 
 
 def test_callers_on_different_event_loops() -> None:
-    batcher = MicroBatcher(Slow(seconds=0.05))
+    compute = Slow(seconds=0.05)
+    compute.let_go()  # no holding: callers simply come from four threads at once
+    batcher = MicroBatcher(compute)
     results: dict[int, list[str]] = {}
 
     def caller(n: int) -> None:
