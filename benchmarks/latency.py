@@ -37,7 +37,8 @@ from thrifty.pricing import PriceTable
 from thrifty.settings import EmbedderSettings, ThriftySettings
 from thrifty.vector_index import VectorIndex
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "gptcache_qqp" / "similiar_qqp.json"
+from benchmarks.quora import DATA, distinct_pairs
+
 TARGETS_MS = {"exact hit": 0.5, "semantic hit": 8.0, "miss (paraphrase)": 8.0, "miss (new question)": 8.0,
               "vector search, 1M": 1.0}
 
@@ -69,13 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"thrifty bench latency: {DATA} is absent", file=sys.stderr)
         return 2
 
-    rows = json.loads(DATA.read_text(encoding="utf-8"))
-    seen: set[str] = set()
-    pairs: list[tuple[str, str]] = []
-    for row in rows:
-        if row["origin"] not in seen and row["similar"] not in seen and row["origin"] != row["similar"]:
-            seen.update((row["origin"], row["similar"]))
-            pairs.append((row["origin"], row["similar"]))
+    pairs = distinct_pairs()
     stored = [o for o, _ in pairs[: args.entries]]
     paraphrases = [s for _, s in pairs[: args.queries]]
     unseen = [o for o, _ in pairs[args.entries: args.entries + args.queries]]

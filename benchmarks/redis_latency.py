@@ -45,7 +45,8 @@ from thrifty.redis_store import RedisStore
 from thrifty.settings import EmbedderSettings, ThriftySettings
 from thrifty.store import CacheEntry, Store
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "gptcache_qqp" / "similiar_qqp.json"
+from benchmarks.quora import DATA, distinct_pairs
+
 MODEL = "gpt-4o-mini"
 
 
@@ -82,13 +83,7 @@ class Workload:
     """Questions to store and to ask, with their vectors."""
 
     def __init__(self, size: int, queries: int, embedder: SentenceTransformerEmbedder) -> None:
-        rows = json.loads(DATA.read_text(encoding="utf-8"))
-        seen: set[str] = set()
-        pairs: list[tuple[str, str]] = []
-        for row in rows:
-            if row["origin"] not in seen and row["similar"] not in seen and row["origin"] != row["similar"]:
-                seen.update((row["origin"], row["similar"]))
-                pairs.append((row["origin"], row["similar"]))
+        pairs = distinct_pairs()
         real_count = min(size, len(pairs) - queries)
         self.stored = [o for o, _ in pairs[:real_count]]
         self.paraphrases = [s for _, s in pairs[:queries]]
