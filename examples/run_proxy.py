@@ -37,7 +37,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
-from standin import ensure_provider, standin_stats  # first: offline defaults for the proxy and the stand-in
+from standin import ensure_provider, standin_stats, stop  # first: offline defaults for the proxy and the stand-in
 
 # isort: split
 import openai
@@ -93,15 +93,6 @@ def ask(client: openai.OpenAI, step: str, model: str, question: str) -> dict[str
     # LiteLLM's own header; it sends none for a cache hit
     print(f"  x-litellm-response-cost: {raw.headers.get('x-litellm-response-cost') or '(not sent)'}")
     return headers
-
-
-def stop(process: subprocess.Popen[Any]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -56,14 +56,19 @@ def ensure_provider() -> Iterator[str | None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=5)
         if process.stdout is not None:
             process.stdout.close()
+
+
+def stop(process: subprocess.Popen[Any], timeout: float = 15) -> None:
+    """Terminate ``process``, killing it if it has not ended after ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def standin_stats(base_url: str) -> dict[str, Any]:
