@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,25 @@ def chat(text: str, *, system: str | None = SYSTEM, model: str = "gpt-4o-mini", 
     messages.extend(history)
     messages.append({"role": "user", "content": text})
     return {"model": model, "messages": messages, **extra}
+
+
+def loop_turns_during(work: Callable[[], Awaitable[Any]]) -> int:
+    """How many times the event loop turned while ``work()`` ran (many: it did not block it)."""
+    async def scenario() -> int:
+        turns = 0
+
+        async def ticker() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        await work()
+        task.cancel()
+        return turns
+
+    return asyncio.run(scenario())
 
 
 def answer(text: str = "The answer.", **extra: Any) -> Completion:
