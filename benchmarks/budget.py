@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from thrifty.budget import Budget, BudgetExceeded, BudgetStore
-from thrifty.ledger import Ledger
 from thrifty.pricing import PriceTable
 from thrifty.request import canonicalize
 from thrifty.settings import BudgetSettings, LimitSettings, ModelPrice, RedisSettings
@@ -34,8 +33,7 @@ REQUEST = {"model": "big-model", "max_tokens": 100, "metadata": {"tenant": "acme
 
 def budget(store: BudgetStore | None = None) -> Budget:
     prices = PriceTable({"big-model": ModelPrice(input_per_token=1e-5, output_per_token=3e-5)}, use_litellm=False)
-    return Budget(BudgetSettings(limits=[LimitSettings(scope="tenant", usd=LIMIT)]), prices, store=store,
-                  ledger=Ledger())
+    return Budget(BudgetSettings(limits=[LimitSettings(scope="tenant", usd=LIMIT)]), prices, store=store)
 
 
 def spend(b: Budget, calls: int, start: threading.Event | None = None) -> dict[str, Any]:
@@ -55,7 +53,7 @@ def spend(b: Budget, calls: int, start: threading.Event | None = None) -> dict[s
                 messages.append(str(exc))
             return
         time.sleep(0.005)
-        b.settle(reservation, 0.003, canon)  # the real cost, below the reserved worst case
+        b.settle(reservation, 0.003)  # the real cost, below the reserved worst case
         with lock:
             counts["ok"] += 1
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from thrifty.cache import Completion, SemanticCache
+from thrifty.completion import Completion
 from thrifty.gate import Reused, Thrifty
 from thrifty.ledger import Ledger
 from thrifty.pricing import PriceTable
@@ -37,7 +37,7 @@ REQUEST = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Wha
 
 def gate(**settings: Any) -> Thrifty:
     config = ThriftySettings(cache={"backend": "memory", "semantic": False}, ledger={"path": None}, **settings)
-    return Thrifty(cache=SemanticCache(config, ledger=Ledger(), prices=PriceTable(use_litellm=False)))
+    return Thrifty(config, ledger=Ledger(), prices=PriceTable(use_litellm=False))
 
 
 async def burst(g: Thrifty, count: int, on_call: Any) -> list[tuple[str, float]]:

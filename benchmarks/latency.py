@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from thrifty.cache import Completion, SemanticCache
+from thrifty.cache import Lookup, SemanticCache
+from thrifty.completion import Completion
 from thrifty.embedded_store import EmbeddedStore
 from thrifty.embedder import SentenceTransformerEmbedder
-from thrifty.ledger import Ledger
-from thrifty.pricing import PriceTable
+from thrifty.request import CanonicalRequest, canonicalize
 from thrifty.settings import EmbedderSettings, ThriftySettings
 from thrifty.vector_index import VectorIndex
 
@@ -54,9 +54,9 @@ def timed(fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
-def request(text: str) -> dict[str, Any]:
-    return {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "Answer briefly."},
-                                                 {"role": "user", "content": text}]}
+def request(text: str, settings: ThriftySettings) -> CanonicalRequest:
+    return canonicalize({"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "Answer briefly."},
+                                                              {"role": "user", "content": text}]}, settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,22 +88,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = ThriftySettings(cache={"path": Path(tmp) / "cache.sqlite3", "max_entries": len(stored) + 1},
                                    ledger={"path": None})
         store = EmbeddedStore(settings.cache.path, max_entries=settings.cache.max_entries)
-        cache = SemanticCache(settings, store=store, embedder=embedder, ledger=Ledger(),
-                              prices=PriceTable(use_litellm=False))
+        cache = SemanticCache(settings, store=store, embedder=embedder)
         for i, text in enumerate(stored):
-            cache.store(request(text), Completion(answer={"content": f"answer {i}"}, text=f"answer {i}"))
+            cache.store(request(text, settings), Completion(answer={"content": f"answer {i}"}, text=f"answer {i}"))
 
-        exact = [timed(cache.lookup, request(t.upper()))[0] for t in stored[: args.queries]]
+        def look(text: str) -> Lookup:  # what a request costs: canonicalised, then looked up
+            return cache.lookup(request(text, settings))
+
+        exact = [timed(look, t.upper())[0] for t in stored[: args.queries]]
         results["exact hit"] = (*percentiles(exact), len(exact))
 
         hit_times: list[float] = []
         miss_times: list[float] = []
         for text in paraphrases:
-            elapsed, found = timed(cache.lookup, request(text))
+            elapsed, found = timed(look, text)
             (hit_times if found.hit else miss_times).append(elapsed)
         results["semantic hit"] = (*percentiles(hit_times or [0.0]), len(hit_times))
         results["miss (paraphrase)"] = (*percentiles(miss_times or [0.0]), len(miss_times))
-        new = [timed(cache.lookup, request(t))[0] for t in unseen]
+        new = [timed(look, t)[0] for t in unseen]
         results["miss (new question)"] = (*percentiles(new), len(new))
         fresh = SentenceTransformerEmbedder(EmbedderSettings(memo_size=0))
         fresh.embed(["warm up"])

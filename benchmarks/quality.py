@@ -29,12 +29,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from thrifty.cache import Completion, SemanticCache
+from thrifty.cache import SemanticCache
+from thrifty.completion import Completion
 from thrifty.embedded_store import EmbeddedStore
 from thrifty.embedder import SentenceTransformerEmbedder
 from thrifty.evaluation import Pair, evaluate_pairs, read_pairs
-from thrifty.ledger import Ledger
-from thrifty.pricing import PriceTable
+from thrifty.request import CanonicalRequest, canonicalize
 from thrifty.settings import EmbedderSettings, ThriftySettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,8 +43,8 @@ THRESHOLDS = (0.8, 0.9, 0.95)
 GPTCACHE_PUBLISHED = {0.95: (425, 25, 549), 0.9: (804, 77, 118), 0.8: (904, 92, 3)}
 
 
-def _request(text: str) -> dict[str, Any]:
-    return {"model": "bench-model", "messages": [{"role": "user", "content": text}]}
+def _request(text: str) -> CanonicalRequest:
+    return canonicalize({"model": "bench-model", "messages": [{"role": "user", "content": text}]})
 
 
 def origin_protocol(rows: list[dict[str, str]], embedder: SentenceTransformerEmbedder,
@@ -53,8 +53,7 @@ def origin_protocol(rows: list[dict[str, str]], embedder: SentenceTransformerEmb
     origins = [r["origin"] for r in rows]
     queries = [r["similar"] for r in rows]
     embedder.embed(list(dict.fromkeys(origins + queries)))
-    cache = SemanticCache(settings, store=EmbeddedStore(None, max_entries=len(rows) + 1),
-                          embedder=embedder, ledger=Ledger(), prices=PriceTable(use_litellm=False))
+    cache = SemanticCache(settings, store=EmbeddedStore(None, max_entries=len(rows) + 1), embedder=embedder)
     for i, text in enumerate(origins):
         cache.store(_request(text), Completion(answer={"index": i}, text=f"answer {i}"))
     out: dict[str, Any] = {}

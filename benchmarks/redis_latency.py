@@ -36,12 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from thrifty.cache import Completion, SemanticCache
+from thrifty.cache import SemanticCache
+from thrifty.completion import Completion
 from thrifty.embedded_store import EmbeddedStore
 from thrifty.embedder import SentenceTransformerEmbedder, bundled_model_path
+from thrifty.gate import Reused, Thrifty
 from thrifty.ledger import Ledger
 from thrifty.pricing import PriceTable
 from thrifty.redis_store import RedisStore
+from thrifty.request import canonicalize
 from thrifty.settings import EmbedderSettings, ThriftySettings
 from thrifty.store import CacheEntry, Store
 
@@ -106,7 +109,7 @@ class Workload:
 def fill_thrifty(store: Store, cache: SemanticCache, work: Workload) -> None:
     now = time.time()
     for k, (text, vector) in enumerate(zip(work.texts, work.vectors)):
-        canon = cache.canonicalize(request(text))
+        canon = canonicalize(request(text), cache.settings)
         store.put(CacheEntry(id=canon.exact_key, scope=canon.scope, exact_key=canon.exact_key, text=text,
                              answer={"content": f"answer {k}"}, vector=vector, created_at=now, last_used=now))
 
@@ -115,14 +118,17 @@ def bench_thrifty(name: str, store: Store, work: Workload,
                   query_embedder: SentenceTransformerEmbedder) -> dict[str, Any]:
     settings = ThriftySettings(cache={"backend": "memory", "max_entries": len(work.texts) + 10},
                                ledger={"path": None})
-    cache = SemanticCache(settings, store=store, embedder=query_embedder, ledger=Ledger(),
-                          prices=PriceTable(use_litellm=False))
+    cache = SemanticCache(settings, store=store, embedder=query_embedder)
     started = time.perf_counter()
     fill_thrifty(store, cache, work)
     fill = time.perf_counter() - started
-    exact, _ = time_each(lambda t: cache.lookup(request(t)), work.stored[: len(work.paraphrases)])
-    para, found = time_each(lambda t: cache.lookup(request(t)), work.paraphrases)
-    new, _ = time_each(lambda t: cache.lookup(request(t)), work.unseen)
+
+    def look(text: str) -> Any:  # what a request costs: canonicalised, then looked up
+        return cache.lookup(canonicalize(request(text), settings))
+
+    exact, _ = time_each(look, work.stored[: len(work.paraphrases)])
+    para, found = time_each(look, work.paraphrases)
+    new, _ = time_each(look, work.unseen)
     hits = [t for t, f in zip(para, found) if f.hit]
     misses = [t for t, f in zip(para, found) if not f.hit]
     return {"name": name, "fill_s": fill, "exact": ms(exact), "paraphrase": ms(para), "semantic_hit": ms(hits),
@@ -194,26 +200,23 @@ def bench_litellm(url: str, work: Workload, query_embedder: SentenceTransformerE
 
 def redis_down_overhead(url: str, query_embedder: SentenceTransformerEmbedder,
                         stop: Callable[[], None]) -> tuple[float, float]:
-    """p50 ms of a stand-in LLM call without thrifty, and with thrifty in front of a stopped Redis."""
+    """p50 ms of a stand-in LLM call without thrifty, and through thrifty's gate (cache, single-flight,
+    ledger) in front of a stopped Redis."""
     settings = ThriftySettings(cache={"backend": "redis", "redis_url": url}, redis={"key_prefix": "down"},
                                ledger={"path": None})
-    cache = SemanticCache(settings, embedder=query_embedder, ledger=Ledger(), prices=PriceTable(use_litellm=False))
+    gate = Thrifty(settings, embedder=query_embedder, ledger=Ledger(), prices=PriceTable(use_litellm=False))
     stop()
     logging.getLogger("thrifty").setLevel(logging.ERROR)
-    for _ in range(5):  # let the breaker open
-        cache.lookup(request("warm up the breaker"))
 
     def model(text: str) -> Completion:
         return Completion(answer={"content": text}, text=text)
 
+    for _ in range(5):  # let the breaker open
+        gate.call(request("warm up the breaker"), lambda call: model("warm up"))
+
     def with_thrifty(text: str) -> Any:
-        req = request(text)
-        found = cache.lookup(req)
-        if found.hit:
-            return found.answer
-        done = model(text)
-        cache.store(found.request or req, done)
-        return done.answer
+        result = gate.call(request(text), lambda call: model(text))
+        return result.answer if isinstance(result, Reused) else dict(result.answer)
 
     texts = [f"What is the status of ticket {i}?" for i in range(500)]
     plain, _ = time_each(model, texts)

@@ -35,7 +35,7 @@ from standin import ensure_provider, standin_stats  # first: offline defaults be
 
 # isort: split
 from litellm.router import Router
-from thrifty.cache import Completion
+from thrifty.completion import Completion
 
 import litellm_plugins
 from litellm_plugins import CostAwareRouting

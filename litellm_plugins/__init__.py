@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import litellm
-from thrifty.gate import Thrifty
+from thrifty import Thrifty, ThriftySettings
 from thrifty.router import Validator
-from thrifty.settings import ThriftySettings
 
 from .callback import ThriftyCache, ThriftyCallback
 from .errors import BudgetExceededError, CallAbandoned

@@ -22,6 +22,22 @@ pre-call hook (:mod:`litellm_plugins.proxy`) when there is one, else in the depl
 calls), else in the cache lookup (sync calls). Everything thrifty decides is in the response's
 ``_hidden_params["thrifty"]``.
 
+Which hook finishes a call (ends its ticket): the first of these to see it; the decision is then
+forgotten, and the later hooks find nothing to do.
+
+* async call, whole answer: ``async_post_call_success_deployment_hook``, before the caller gets
+  the answer (so an answer that fails validation can be replaced by a re-call on the next tier);
+* async stream: ``async_add_cache``, which LiteLLM calls with the assembled answer when the stream
+  ends (``litellm_core_utils/streaming_handler.py`` -> ``caching_handler.py``,
+  ``add_streaming_response_to_cache``, in a background write task), else
+  ``async_log_success_event``;
+* sync call or stream: ``add_cache``, else ``log_success_event`` (LiteLLM's logging thread: a
+  ``no-store`` call, or an empty answer, which LiteLLM does not write to its cache);
+* a failure: ``async_post_call_failure_deployment_hook``, ``async_log_failure_event`` or
+  ``log_failure_event``;
+* a call dropped without either (cancelled, a stream abandoned midway): the finaliser on
+  LiteLLM's logging object (:meth:`ThriftyCallback._abandoned`).
+
 thrifty fails open here as everywhere: an error in thrifty's own parts lets the call through
 untouched. Only a budget refusal (:class:`~litellm_plugins.errors.BudgetExceededError`) and a
 failure shared by the leader of a joined call reach the caller.
@@ -29,7 +45,6 @@ failure shared by the leader of a joined call reach the caller.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import uuid
@@ -43,13 +58,14 @@ import litellm
 from litellm.caching.caching import Cache
 from litellm.exceptions import MidStreamFallbackError
 from litellm.integrations.custom_logger import CustomLogger
-from thrifty.budget import BudgetExceeded
-from thrifty.gate import Reused, Thrifty, Ticket, UpstreamError
+from thrifty import BudgetExceeded, Completion, Reused, Thrifty, ThriftySettings, Ticket, UpstreamError
+from thrifty.log_once import LogOnce
+from thrifty.plan import Plan, arun, run
 from thrifty.router import Validator
-from thrifty.settings import ThriftySettings
 
 from .errors import BudgetExceededError, CallAbandoned
 from .translate import (
+    CHAT_CALL_TYPES,
     PARENT,
     THRIFTY,
     TIER_PIN,
@@ -64,7 +80,6 @@ from .translate import (
 
 log = logging.getLogger("thrifty.litellm")
 
-_CHAT_CALLS = frozenset({"completion", "acompletion"})
 Recall = Callable[..., Awaitable[Any]]
 
 
@@ -79,6 +94,39 @@ class CallState:
     reroute: bool = False  # the call's model must be set to the ticket's (decided before LiteLLM resolved it)
     parent: str | None = None  # this call is an escalated re-call made for that call
     watched: bool = False  # a finaliser on LiteLLM's logging object ends the decision if the call is dropped
+
+
+# What deciding and finishing ask of the gate and the ticket; written once (thrifty.plan),
+# performed by blocking calls for LiteLLM's sync path and awaited for its async path.
+@dataclass(frozen=True)
+class _Begin:
+    request: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Answered:
+    ticket: Ticket
+    completion: Completion
+
+
+@dataclass(frozen=True)
+class _Complete:
+    ticket: Ticket
+    completion: Completion
+    rejected: str | None
+
+
+@dataclass(frozen=True)
+class _Fail:
+    ticket: Ticket
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class _Recall:
+    state: CallState
+    ticket: Ticket
+    call_id: str | None
 
 
 class ThriftyCallback(CustomLogger):  # type: ignore[misc]
@@ -109,7 +157,7 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
         self.cache = ThriftyCache(self)
         self._calls: dict[str, CallState] = {}
         self._lock = threading.Lock()
-        self._warned: set[str] = set()
+        self._warn_once = LogOnce(log)
         self._recalls: set[str] = set()  # marks of thrifty's own re-calls in flight: no caller can forge one
         if litellm.cache is not None and not isinstance(litellm.cache, ThriftyCache):
             log.warning("thrifty replaces the litellm.cache that was set (%s)", type(litellm.cache).__name__)
@@ -121,29 +169,23 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
                reroute: bool = False) -> CallState:
         """Decide for the call ``kwargs`` describes (sync): reuse an answer, or call - on which
         tier, with what reserved. Raises a budget refusal or a joined leader's failure."""
-        call_id = call_id_of(kwargs)
-        state = self._existing(call_id, kwargs)
-        if state is not None:
-            return state
-        decision: Reused | Ticket | None
-        try:
-            decision = self.gate.begin(thrifty_request(kwargs, model=model, tenant=tenant))
-        except Exception as exc:  # noqa: BLE001 - sorted by _refusal
-            self._refusal(exc)
-            decision = None
-        return self._remember(call_id, kwargs, decision, recall, recall_model, reroute)
+        return run(self._decide_plan(kwargs, model, tenant, recall, recall_model, reroute), self._perform)
 
     async def adecide(self, kwargs: Mapping[str, Any], *, model: str | None = None, tenant: str | None = None,
                       recall: Recall | None = None, recall_model: str | None = None,
                       reroute: bool = False) -> CallState:
         """Async twin of :meth:`decide`."""
+        return await arun(self._decide_plan(kwargs, model, tenant, recall, recall_model, reroute), self._aperform)
+
+    def _decide_plan(self, kwargs: Mapping[str, Any], model: str | None, tenant: str | None, recall: Recall | None,
+                     recall_model: str | None, reroute: bool) -> Plan[CallState]:
         call_id = call_id_of(kwargs)
         state = self._existing(call_id, kwargs)
         if state is not None:
             return state
         decision: Reused | Ticket | None
         try:
-            decision = await self.gate.abegin(thrifty_request(kwargs, model=model, tenant=tenant))
+            decision = yield _Begin(thrifty_request(kwargs, model=model, tenant=tenant))
         except Exception as exc:  # noqa: BLE001 - sorted by _refusal
             self._refusal(exc)
             decision = None
@@ -179,7 +221,7 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
             raise BudgetExceededError(exc) from None
         if reaches_caller(exc):
             raise exc
-        self._warn_once("decide", exc)
+        self._warn("decide", exc)
 
     def _remember(self, call_id: str | None, kwargs: Mapping[str, Any], decision: Reused | Ticket | None,
                   recall: Recall | None, recall_model: str | None, reroute: bool) -> CallState:
@@ -270,42 +312,35 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
         """A call (or a stream) ended with ``response``: hand it to the waiting callers, settle
         the budget, store it if it is a usable answer. Sync calls cannot be re-called on a
         higher tier from here: an answer that fails validation is passed on but not stored."""
-        state, ticket = self._ticket(kwargs)
-        if ticket is None or state is None:
-            return
-        try:
-            completion = completion_of(response, model=ticket.model)
-            ticket.complete(completion, store=ticket.validation_failure(completion) is None)
-            _annotate(response, ticket)
-        except Exception as exc:  # noqa: BLE001 - fail open
-            self._warn_once("finish", exc)
-            ticket.fail(exc)
+        run(self._finish_plan(kwargs, response, escalate=False), self._perform)
 
     async def afinish(self, kwargs: Mapping[str, Any], response: Any, *, escalate: bool = False) -> Any:
         """Async twin of :meth:`finish`. With ``escalate`` (a whole, non-streamed answer), an
         answer that fails validation is replaced by a re-call on the next tier, as long as one is
         left; returns the response the caller should get."""
+        return await arun(self._finish_plan(kwargs, response, escalate=escalate), self._aperform)
+
+    def _finish_plan(self, kwargs: Mapping[str, Any], response: Any, *, escalate: bool) -> Plan[Any]:
         state, ticket = self._ticket(kwargs)
         if ticket is None or state is None:
             return response
         try:
             completion = completion_of(response, model=ticket.model)
-            if not escalate or state.recall is None:
-                await ticket.acomplete(completion, store=ticket.validation_failure(completion) is None)
-            else:
-                while await ticket.aanswered(completion):
+            if escalate and state.recall is not None:
+                while (yield _Answered(ticket, completion)):
                     try:
-                        response = await self._recall(state, ticket, call_id_of(kwargs))
-                    except Exception as exc:  # noqa: BLE001 - keep the last answer
+                        response = yield _Recall(state, ticket, call_id_of(kwargs))
+                    except Exception as exc:  # noqa: BLE001 - the ticket falls back to the answer before
                         log.warning("thrifty: the escalated call failed (%s); keeping the answer before it", exc)
-                        # its cost was settled when escalating: hand it on without counting it again
-                        await ticket.acomplete(dataclasses.replace(completion, cost=0.0), store=False)
+                        yield _Fail(ticket, exc)
                         break
                     completion = completion_of(response, model=ticket.model)
+            else:
+                yield _Complete(ticket, completion, ticket.validation_failure(completion))
             _annotate(response, ticket)
         except Exception as exc:  # noqa: BLE001 - fail open
-            self._warn_once("finish", exc)
-            await ticket.afail(exc)
+            self._warn("finish", exc)
+            yield _Fail(ticket, exc)
         return response
 
     async def _recall(self, state: CallState, ticket: Ticket, call_id: str | None) -> Any:
@@ -337,16 +372,36 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
         if ticket is not None:
             await ticket.afail(error or CallAbandoned("the call failed"), mid_stream=mid_stream)
 
-    def _warn_once(self, where: str, exc: BaseException) -> None:
-        kind = f"{where}:{type(exc).__name__}"
-        if kind not in self._warned:
-            self._warned.add(kind)
-            log.warning("thrifty let a LiteLLM call through untouched after an error in %s: %r", where, exc)
+    def _warn(self, where: str, exc: BaseException) -> None:
+        self._warn_once(f"{where}:{type(exc).__name__}",
+                        "thrifty let a LiteLLM call through untouched after an error in %s: %r", where, exc)
+
+    def _perform(self, op: Any) -> Any:
+        if isinstance(op, _Begin):
+            return self.gate.begin(op.request)
+        if isinstance(op, _Answered):
+            return op.ticket.answered(op.completion)
+        if isinstance(op, _Complete):
+            return op.ticket.complete(op.completion, rejected=op.rejected)
+        if isinstance(op, _Fail):
+            return op.ticket.fail(op.error)
+        raise TypeError(f"LiteLLM's sync path cannot perform {type(op).__name__}")  # _Recall: async only
+
+    async def _aperform(self, op: Any) -> Any:
+        if isinstance(op, _Begin):
+            return await self.gate.abegin(op.request)
+        if isinstance(op, _Answered):
+            return await op.ticket.aanswered(op.completion)
+        if isinstance(op, _Complete):
+            return await op.ticket.acomplete(op.completion, rejected=op.rejected)
+        if isinstance(op, _Fail):
+            return await op.ticket.afail(op.error)
+        return await self._recall(op.state, op.ticket, op.call_id)
 
     # ------------------------------------------------------------------ LiteLLM hooks
     async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> dict[str, Any] | None:
         """Async calls: decide before LiteLLM's cache lookup, and route ``model`` to the tier."""
-        if _call_type(call_type) not in _CHAT_CALLS:
+        if _call_type(call_type) not in CHAT_CALL_TYPES:
             return None
         state = self.state(kwargs)
         if state is None:
@@ -358,7 +413,7 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
                                                       call_type: Any) -> Any:
         """Async calls with a whole answer: finish the decision before the caller gets it, with
         escalation to a higher tier when the answer fails validation."""
-        if _call_type(call_type) not in _CHAT_CALLS or request_data.get("stream"):
+        if _call_type(call_type) not in CHAT_CALL_TYPES or request_data.get("stream"):
             return None
         return await self.afinish(request_data, response, escalate=True)
 
@@ -389,7 +444,7 @@ class ThriftyCache(Cache):  # type: ignore[misc]
 
     def __init__(self, callback: ThriftyCallback) -> None:
         # max_messages=None: LiteLLM skips requests with more than 4 messages by default
-        super().__init__(max_messages=None, supported_call_types=["completion", "acompletion"])
+        super().__init__(max_messages=None, supported_call_types=list(CHAT_CALL_TYPES))
         self.callback = callback
 
     def get_cache(self, dynamic_cache_object: Any = None, **kwargs: Any) -> Any:
@@ -407,19 +462,19 @@ class ThriftyCache(Cache):  # type: ignore[misc]
     def _lookup_failed(self, exc: Exception) -> None:
         if reaches_caller(exc):
             raise exc
-        self.callback._warn_once("lookup", exc)
+        self.callback._warn("lookup", exc)
 
     def add_cache(self, result: Any, dynamic_cache_object: Any = None, **kwargs: Any) -> None:
         try:  # a raise here would fail a call that succeeded (litellm/caching/caching_handler.py)
             self.callback.finish(kwargs, result)
         except Exception as exc:  # noqa: BLE001
-            self.callback._warn_once("store", exc)
+            self.callback._warn("store", exc)
 
     async def async_add_cache(self, result: Any, dynamic_cache_object: Any = None, **kwargs: Any) -> None:
         try:
             await self.callback.afinish(kwargs, result)
         except Exception as exc:  # noqa: BLE001
-            self.callback._warn_once("store", exc)
+            self.callback._warn("store", exc)
 
 
 def reaches_caller(exc: BaseException) -> bool:

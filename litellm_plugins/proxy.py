@@ -33,15 +33,13 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-from thrifty.gate import Reused, Ticket
-from thrifty.settings import ThriftySettings
+from thrifty import Reused, ThriftySettings, Ticket
 
 from .callback import ThriftyCallback
-from .translate import THRIFTY, call_id_of, decision_info
+from .translate import CHAT_CALL_TYPES, THRIFTY, call_id_of, decision_info
 
 log = logging.getLogger("thrifty.litellm")
 
-_CHAT_CALLS = ("acompletion", "completion")
 _DECIDED_KEPT = 10_000
 _handler: ThriftyProxyHandler | None = None
 _lock = threading.Lock()
@@ -59,7 +57,7 @@ class ThriftyProxyHandler(ThriftyCallback):
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict[str, Any],
                                   call_type: Any) -> dict[str, Any]:
-        if str(call_type) not in _CHAT_CALLS or not isinstance(data.get("messages"), list):
+        if str(call_type) not in CHAT_CALL_TYPES or not isinstance(data.get("messages"), list):
             return data
         state = await self.adecide(data, tenant=tenant_of(user_api_key_dict), recall=_proxy_recall)
         decision = state.decision
@@ -149,6 +147,6 @@ def handler() -> ThriftyProxyHandler:
 def _warm_up(handler: ThriftyProxyHandler) -> None:
     try:
         if handler.gate.settings.cache.semantic:
-            handler.gate.cache.embedder.embed(["thrifty warm-up"])
+            handler.gate.embedder.embed(["thrifty warm-up"])
     except Exception as exc:  # noqa: BLE001 - the first request will try again, and fail open
         log.warning("thrifty: could not load the embedding model at start-up: %r", exc)

@@ -33,7 +33,7 @@ from typing import Any
 from litellm.router import Router as LiteLLMRouter
 from litellm.router_utils.cooldown_handlers import get_cooldown_deployments
 from litellm.types.router import CustomRoutingStrategyBase
-from thrifty.gate import Ticket
+from thrifty import Ticket
 from thrifty.router import Router, Tier
 from thrifty.settings import RouterSettings, TierSettings
 
@@ -68,12 +68,12 @@ class CostAwareRouting(CustomRoutingStrategyBase):  # type: ignore[misc]
         if not deployments:
             raise ValueError(f"the Router has no deployments in model group {group!r}")
         gate = callback.gate
-        self.tiers = _tiers(deployments, gate.cache.prices)
+        self.tiers = _tiers(deployments, gate.prices)
         base = gate.settings.router.model_dump(exclude={"tiers", "route_models", "enabled"})
         settings = RouterSettings(**{**base, **router_settings, "enabled": True, "route_models": [group],
                                      "tiers": [TierSettings(name=name, model=ds[0]["litellm_params"]["model"])
                                                for name, ds in self.tiers]})
-        self.thrifty_router = Router.from_settings(settings, gate.cache.embedder, prices=gate.cache.prices,
+        self.thrifty_router = Router.from_settings(settings, gate.embedder, prices=gate.prices,
                                                    validator=gate.validator)
         gate.add_router(self.thrifty_router)
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final, Literal
 
-from thrifty.cache import Completion
-from thrifty.gate import Reused, Ticket
+from thrifty import Completion, Reused, Ticket
+
+# The LiteLLM call types thrifty serves (chat completions, sync and async).
+CHAT_CALL_TYPES: Final[tuple[Literal["completion"], Literal["acompletion"]]] = ("completion", "acompletion")
 
 # Keys LiteLLM (or its Router, or the proxy) adds to a call's kwargs. They are not the caller's
 # request and must not travel into an escalated re-call, which gets its own.

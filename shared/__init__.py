@@ -1,29 +1,35 @@
 """thrifty: cut the LLM bill of multi-agent systems without serving wrong answers.
 
-The framework-free core. Start with :class:`SemanticCache`::
+The framework-free core. Its front door is the gate, :class:`Thrifty`: the cache, single-flight,
+the router and the budgets behind one call, with every call made and avoided in its ledger::
 
-    from thrifty import Completion, SemanticCache
+    from thrifty import Completion, Thrifty
 
-    cache = SemanticCache()
-    found = cache.lookup(request)          # an OpenAI-format chat request
-    if not found.hit:
-        response = call_the_model(request)
-        cache.store(request, Completion(answer=response, text=..., finish_reason="stop"))
+    gate = Thrifty()                                    # or Thrifty(ThriftySettings.load("config.yaml"))
+    result = gate.call(request, call_the_model)         # request: an OpenAI-format chat request
+    # call_the_model(call_request) -> Completion; result: a Completion, or Reused(answer, source, ...)
+
+The parts are usable on their own: :class:`SemanticCache` (lookups and stores of canonical
+requests, :func:`canonicalize`), :class:`~thrifty.budget.Budget`, :class:`~thrifty.router.Router`.
 """
 
-from .cache import CacheStats, Completion, Lookup, SemanticCache, Stored
+from .budget import BudgetExceeded, UnpricedModel
+from .cache import CacheStats, Lookup, SemanticCache, Stored
+from .completion import Completion
 from .embedded_store import EmbeddedStore
 from .embedder import Embedder, SentenceTransformerEmbedder
-from .gate import Reused, StreamFailed, Thrifty, Ticket, UpstreamError
+from .gate import Reused, Thrifty
 from .ledger import Ledger, LedgerEvent
 from .request import CanonicalRequest, InvalidRequest, canonicalize
 from .settings import SettingsError, ThriftySettings
 from .store import CacheEntry, Store
+from .ticket import Ticket
+from .upstream import LeaderGaveUp, StreamFailed, UpstreamError
 from .verifier import RuleVerifier, Verdict, Verifier
 
 __all__ = [
-    "CacheEntry", "CacheStats", "CanonicalRequest", "Completion", "EmbeddedStore", "Embedder",
-    "InvalidRequest", "Ledger", "LedgerEvent", "Lookup", "Reused", "RuleVerifier", "SemanticCache",
+    "BudgetExceeded", "CacheEntry", "CacheStats", "CanonicalRequest", "Completion", "EmbeddedStore", "Embedder",
+    "InvalidRequest", "LeaderGaveUp", "Ledger", "LedgerEvent", "Lookup", "Reused", "RuleVerifier", "SemanticCache",
     "SentenceTransformerEmbedder", "SettingsError", "Store", "Stored", "StreamFailed", "Thrifty",
-    "ThriftySettings", "Ticket", "UpstreamError", "Verdict", "Verifier", "canonicalize",
+    "ThriftySettings", "Ticket", "UnpricedModel", "UpstreamError", "Verdict", "Verifier", "canonicalize",
 ]

@@ -11,6 +11,10 @@ crashed process's reservations lapse after ``reservation_ttl`` seconds.
 Two stores keep the numbers: :class:`MemoryBudgetStore` (one process, a lock) and
 :class:`RedisBudgetStore` (every process, one Lua script per operation).
 
+A call on a model thrifty has no price for, under a limit that applies to it, is refused with
+:class:`UnpricedModel` (name the model's price in ``settings.prices``): its worst case cannot be
+known, and letting it through unmetered would leave the limit holding nothing.
+
 When a call would pass a limit, the limit's policy decides: ``raise`` (:class:`BudgetExceeded`,
 naming the scope, the limit, what is spent and what the call would cost), ``downgrade`` (the
 router tries cheaper tiers that fit, then raises) or ``cache_only`` (answers from the cache, or
@@ -30,10 +34,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .ledger import Ledger, LedgerEvent
+from .ledger import LedgerEvent
 from .pricing import PriceTable
 from .request import CanonicalRequest
-from .settings import BudgetSettings, LimitSettings
+from .settings import BudgetSettings, LimitSettings, ThriftySettings
+from .tokens import prompt_tokens
 
 WINDOW_SECONDS = {"hour": 3600.0, "day": 86400.0, "week": 604800.0, "month": 2592000.0}
 
@@ -70,6 +75,23 @@ class BudgetExceeded(RuntimeError):
             f"thrifty budget for {charge.label} would be exceeded: limit ${charge.limit:.4f}, spent "
             f"${spent:.4f} and ${reserved:.4f} reserved by calls in flight; this call could cost up to "
             f"${cost:.4f}{only_cache}")
+
+
+class UnpricedModel(BudgetExceeded):
+    """A limit applies to a call on a model thrifty has no price for: its worst case cannot be
+    known, so the call is refused rather than let through unmetered. ``model`` names it."""
+
+    def __init__(self, charge: Charge, model: str | None) -> None:
+        RuntimeError.__init__(
+            self, f"thrifty cannot hold the budget for {charge.label}: it has no price for model {model!r} "
+            "(LiteLLM's cost map does not list it); give its price under 'prices' in thrifty's settings")
+        self.scope = charge.label
+        self.limit = charge.limit
+        self.spent = 0.0
+        self.reserved = 0.0
+        self.cost = math.inf
+        self.policy = charge.policy
+        self.model = model
 
 
 @dataclass
@@ -152,19 +174,20 @@ class MemoryBudgetStore:
 class Budget:
     """Decides which limits a call counts against, what it may cost, and keeps the books.
 
+    The gate records refusals and settlements in the ledger (:mod:`thrifty.books`); the budget
+    only keeps the numbers.
+
     Args:
         settings: the limits and their policies.
         prices: model prices (LiteLLM's map plus overrides).
         store: default :class:`MemoryBudgetStore`.
-        ledger: where reservations, settlements and refusals are recorded.
     """
 
     def __init__(self, settings: BudgetSettings, prices: PriceTable, *, store: BudgetStore | None = None,
-                 ledger: Ledger | None = None, clock: Any = time.time) -> None:
+                 clock: Any = time.time) -> None:
         self.settings = settings
         self.prices = prices
         self.store: BudgetStore = store if store is not None else MemoryBudgetStore()
-        self.ledger = ledger
         self.clock = clock
 
     @property
@@ -181,28 +204,22 @@ class Budget:
                 continue
             window = WINDOW_SECONDS[limit.window] if limit.window else None
             suffix = f":{limit.window}" if limit.window else ""
-            label = (f"{limit.scope} {owner!r}" if limit.scope != "global" else "everything") + (
-                f" (per {limit.window})" if limit.window else "")
-            out.append(Charge(f"{limit.scope}:{owner}{suffix}", limit.usd, window, limit.policy, label))
+            out.append(Charge(f"{limit.scope}:{owner}{suffix}", limit.usd, window, limit.policy, label(limit, owner)))
         return out
 
     def _owner(self, limit: LimitSettings, canon: CanonicalRequest) -> str | None:
         if limit.scope == "global":
             return "all"
-        if limit.scope == "workflow":
-            for key in self.settings.workflow_keys:
-                value = canon.metadata.get(key)
-                if value not in (None, ""):
-                    return str(value)
-            return None
-        return {"tenant": canon.tenant, "user": canon.user, "agent": canon.namespace}.get(limit.scope)
+        return {"tenant": canon.tenant, "user": canon.user, "agent": canon.namespace,
+                "workflow": canon.workflow}.get(limit.scope)
 
     # ------------------------------------------------------------------ costs
-    def worst_case(self, request: Mapping[str, Any], model: str | None) -> float:
-        """Prompt tokens × input price + the longest possible answer × output price."""
+    def worst_case(self, request: Mapping[str, Any], model: str | None) -> float | None:
+        """Prompt tokens × input price + the longest possible answer × output price; None when
+        ``model`` has no known price."""
         price = self.prices.price(model)
         if price is None:
-            return 0.0
+            return None
         prompt = prompt_tokens(request, model)
         asked = request.get("max_completion_tokens") or request.get("max_tokens") or price.max_output_tokens
         output = int(asked) if isinstance(asked, (int, float)) else self.settings.default_max_output_tokens
@@ -221,15 +238,20 @@ class Budget:
 
     # ------------------------------------------------------------------ reserving
     def reserve(self, request: Mapping[str, Any], canon: CanonicalRequest, model: str | None) -> Reservation:
-        """Reserve the worst case of calling ``model``; raises :class:`BudgetExceeded` if any limit
-        has no room (the exception's ``policy`` is that limit's)."""
-        cost = self.worst_case(request, model)
-        for limit in self.settings.limits:
-            if limit.scope == "request" and cost > limit.usd:
-                charge = Charge("request", limit.usd, None, limit.policy, "one request")
-                self._refused(canon, model, charge, cost)
-                raise BudgetExceeded(charge, 0.0, 0.0, cost)
+        """Reserve the worst case of calling ``model``. Raises :class:`BudgetExceeded` if any
+        limit has no room (the exception's ``policy`` is that limit's), :class:`UnpricedModel`
+        if a limit applies and ``model`` has no price."""
+        per_request = [Charge("request", limit.usd, None, limit.policy, "one request")
+                       for limit in self.settings.limits if limit.scope == "request"]
         charges = tuple(self.charges(canon))
+        if not per_request and not charges:
+            return Reservation(uuid.uuid4().hex, (), 0.0, model)
+        cost = self.worst_case(request, model)
+        if cost is None:
+            raise UnpricedModel((per_request or list(charges))[0], model)
+        for charge in per_request:
+            if cost > charge.limit:
+                raise BudgetExceeded(charge, 0.0, 0.0, cost)
         reservation = Reservation(uuid.uuid4().hex, charges, cost, model)
         if not charges:
             return reservation
@@ -238,78 +260,66 @@ class Budget:
         if blocked is not None:
             charge = charges[blocked]
             spent, reserved = self.store.usage(charge, now)
-            self._refused(canon, model, charge, cost)
             raise BudgetExceeded(charge, spent, reserved, cost)
-        self._record(canon, "reserve", model, cost)
         return reservation
 
-    def settle(self, reservation: Reservation, actual: float, canon: CanonicalRequest | None = None) -> None:
+    def settle(self, reservation: Reservation, actual: float) -> None:
+        """The call was made and cost ``actual``: count it, and free what was reserved. Once."""
         if reservation.done:
             return
         reservation.done = True
         if reservation.charges:
             self.store.settle(reservation, actual, self.clock())
-        if canon is not None:
-            self._record(canon, "settle", reservation.model, actual)
 
-    def release(self, reservation: Reservation, canon: CanonicalRequest | None = None) -> None:
+    def release(self, reservation: Reservation) -> None:
+        """The call was not made, or failed: free what was reserved. Once."""
         if reservation.done:
             return
         reservation.done = True
         if reservation.charges:
             self.store.release(reservation, self.clock())
-        if canon is not None:
-            self._record(canon, "release", reservation.model, 0.0)
 
     def remaining(self, canon: CanonicalRequest) -> list[tuple[str, float, float, float]]:
         """(scope, limit, spent, reserved) for each limit that applies to ``canon``."""
         now = self.clock()
         return [(c.label, c.limit, *self.store.usage(c, now)) for c in self.charges(canon)]
 
-    def _refused(self, canon: CanonicalRequest, model: str | None, charge: Charge, cost: float) -> None:
-        self._record(canon, "budget_refused", model, cost, f"{charge.label}: limit ${charge.limit:.4f}")
 
-    def _record(self, canon: CanonicalRequest, kind: str, model: str | None, amount: float, detail: str = "") -> None:
-        if self.ledger is not None:
-            self.ledger.record(LedgerEvent(kind, model=model, agent=canon.namespace,  # type: ignore[arg-type]
-                                           workflow=canon.workflow, tenant=canon.tenant, cost=amount,
-                                           detail=detail))
+def make_budget_store(settings: ThriftySettings) -> BudgetStore:
+    """The store ``settings.budget.backend`` names (Redis needs the thrifty[redis] extra)."""
+    if settings.budget.backend == "redis" and settings.budget.limits:
+        from .redis_budget import RedisBudgetStore
+
+        return RedisBudgetStore(settings.redis_url_for("budget"), settings.redis)
+    return MemoryBudgetStore()
 
 
 def spent_from_ledger(limits: Sequence[LimitSettings], events: Sequence[LedgerEvent],
                       now: float | None = None) -> list[tuple[str, float, float]]:
     """(label, limit, spent) per limit and owner, from the calls recorded in a ledger: what
-    ``thrifty report`` shows. Per-request limits have no owner to total and user limits are not in
-    the ledger, so both are left out; windows are counted back from ``now``."""
+    ``thrifty report`` shows, equal to the budgets' own books for the same calls. Per-request
+    limits have no owner to total and are left out; windows are counted back from ``now``."""
     now = time.time() if now is None else now
     rows: list[tuple[str, float, float]] = []
     for limit in limits:
-        if limit.scope in ("request", "user"):
+        if limit.scope == "request":
             continue
         start = now - WINDOW_SECONDS[limit.window] if limit.window else -math.inf
         spent: dict[str, float] = {}
         for event in events:
             if event.kind != "call" or event.at < start:
                 continue
-            owner = "all" if limit.scope == "global" else getattr(event, limit.scope)
+            owner = "all" if limit.scope == "global" else getattr(event, _EVENT_FIELD[limit.scope])
             if owner is not None:
                 spent[str(owner)] = spent.get(str(owner), 0.0) + event.cost
-        suffix = f" (per {limit.window})" if limit.window else ""
-        rows.extend((f"{limit.scope} {owner}{suffix}", limit.usd, total) for owner, total in sorted(spent.items()))
+        rows.extend((label(limit, owner), limit.usd, total) for owner, total in sorted(spent.items()))
     return rows
 
 
-def prompt_tokens(request: Mapping[str, Any], model: str | None) -> int:
-    """Tokens of the request's messages and tools: LiteLLM's counter when LiteLLM is installed
-    (offline, with its bundled tokenizers), otherwise one token per three characters (an
-    overestimate, which is the safe side for a worst case)."""
-    messages = request.get("messages") or []
-    try:
-        import litellm
+def label(limit: LimitSettings, owner: str) -> str:
+    """How a limit and its owner are named to people: "tenant 'acme' (per day)", "everything"."""
+    named = f"{limit.scope} {owner!r}" if limit.scope != "global" else "everything"
+    return named + (f" (per {limit.window})" if limit.window else "")
 
-        counted = litellm.token_counter(model=model or "gpt-4o", messages=messages, tools=request.get("tools"))
-        return int(counted)
-    except Exception:  # noqa: BLE001 - no LiteLLM, or it cannot count this model: estimate
-        size = sum(len(str(m.get("content", ""))) + 16 for m in messages if isinstance(m, Mapping))
-        size += len(str(request.get("tools") or ""))
-        return math.ceil(size / 3)
+
+_EVENT_FIELD = {"tenant": "tenant", "user": "user", "agent": "agent", "workflow": "workflow"}

@@ -2,7 +2,7 @@
 
     thrifty demo                     a multi-agent workload through the cache, and the savings
     thrifty eval pairs FILE [--json] labelled request pairs: true hits, false hits, misses
-    thrifty report LEDGER            spend and savings from a ledger file, by agent and model
+    thrifty report LEDGER [--json]   spend and savings from a ledger file, by agent, model, ...
     thrifty bench NAME [ARGS...]     run a benchmark from a checkout's benchmarks/ folder
 """
 
@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="spend and savings from a ledger file")
     report.add_argument("ledger", type=Path, nargs="?", help="ledger file (default: settings.ledger.path)")
-    report.add_argument("--by", default="agent", choices=["agent", "model", "workflow", "tenant"])
+    report.add_argument("--by", default="agent", choices=["agent", "model", "workflow", "tenant", "user"])
+    report.add_argument("--json", action="store_true", help="one JSON object: totals, groups, budgets")
     report.set_defaults(run=_report)
 
     bench = commands.add_parser("bench", help="run benchmarks/NAME.py from the current checkout")
@@ -146,6 +147,8 @@ def _eval_router(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from .budget import spent_from_ledger
     from .ledger import group, read_events, summarize
 
@@ -155,14 +158,22 @@ def _report(args: argparse.Namespace) -> int:
         return 2
     events = list(read_events(path))
     total = summarize(events)
+    groups = sorted(group(events, args.by).items())
+    budgets = spent_from_ledger(_settings(args).budget.limits, events)
+    if args.json:
+        print(json.dumps({"totals": asdict(total), "by": args.by, "groups": {k: asdict(v) for k, v in groups},
+                          "budgets": [{"budget": label, "limit": limit, "spent": spent,
+                                       "left": max(0.0, limit - spent)} for label, limit, spent in budgets]}))
+        return 0
     print(f"{'':<20}{'calls':>8}{'hits':>8}{'joined':>8}{'refused':>9}{'spent $':>12}{'saved $':>12}")
-    rows = [*sorted(group(events, args.by).items()), ("total", total)]
-    for name, t in rows:
+    for name, t in [*groups, ("total", total)]:
         print(f"{name:<20}{t.calls:>8}{t.hits:>8}{t.joined:>8}{t.refused:>9}{t.cost:>12.4f}{t.saved:>12.4f}")
-    rows_left = spent_from_ledger(_settings(args).budget.limits, events)
-    if rows_left:
+    if total.escalations or total.rejected or total.failed:
+        print(f"\nof the calls: {total.escalations} escalated to a higher tier, {total.rejected} rejected by "
+              f"validation, {total.failed} failed upstream")
+    if budgets:
         print(f"\n{'budget':<36}{'limit $':>10}{'spent $':>12}{'left $':>12}")
-        for label, limit, spent in rows_left:
+        for label, limit, spent in budgets:
             print(f"{label:<36}{limit:>10.4f}{spent:>12.4f}{max(0.0, limit - spent):>12.4f}")
     return 0
 

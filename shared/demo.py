@@ -1,4 +1,5 @@
-"""``thrifty demo``: a multi-agent workload through the cache, and what it saved.
+"""``thrifty demo``: a multi-agent workload through the gate (the cache, single-flight, the
+ledger), and what it saved.
 
 Five agents of a customer-support system send a batch of requests: the same lookups in other
 words, identical calls fired by two agents, and near duplicates that must *not* share an answer
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cache import Completion, SemanticCache
+from .completion import Completion
+from .gate import Reused, Thrifty
 from .pricing import PriceTable
 from .settings import ThriftySettings
 
@@ -104,7 +106,8 @@ def run_demo(cache_path: Path | None = None, *, settings: ThriftySettings | None
         settings = settings or ThriftySettings(cache={"path": path}, ledger={"path": None})
         prices = PriceTable(settings.prices)
         out = print if not quiet else (lambda *a, **k: None)
-        with SemanticCache(settings, prices=prices) as cache:
+        gate = Thrifty(settings, prices=prices)
+        try:
             out(f"thrifty demo: {len(SCRIPT)} requests from {len({r.agent for r in SCRIPT})} agents "
                 "through the semantic cache (stand-in model, no network)\n")
             out(f"{'#':>3}  {'agent':<9} {'request':<58} decision")
@@ -113,30 +116,34 @@ def run_demo(cache_path: Path | None = None, *, settings: ThriftySettings | None
             refused_rows: list[str] = []
             tiers: Counter[str] = Counter()
             for n, item in enumerate(SCRIPT, 1):
-                request = _request(item)
-                found = cache.lookup(request)
+                decision = gate.begin(_request(item))
                 completion = _stand_in_model(item)
                 price = prices.cost(item.model, completion.prompt_tokens, completion.completion_tokens)
                 without += price
-                if found.hit:
-                    tiers[found.tier or "?"] += 1
-                    decision = f"HIT {found.tier}" + (f" ({found.similarity:.2f})" if found.tier == "semantic" else "")
+                if isinstance(decision, Reused):
+                    tiers[decision.source] += 1
+                    shown = f"HIT {decision.source}"
+                    if decision.source == "semantic" and decision.similarity is not None:
+                        shown += f" ({decision.similarity:.2f})"
                 else:
-                    cache.store(found.request or request, completion)
+                    decision.complete(completion)
                     spent += price
-                    decision = "call"
-                    if found.refused:
+                    shown = "call"
+                    found = decision.lookup
+                    if found is not None and found.refused:
                         r = found.refused[0]
                         refusals[r.reason] += 1
-                        decision += f"  (refused near-duplicate, {r.reason}: {r.detail})"
+                        shown += f"  (refused near-duplicate, {r.reason}: {r.detail})"
                         refused_rows.append(f"  {item.text!r}\n      is not {r.text!r} "
                                             f"(cosine {r.similarity:.2f}, {r.reason})")
-                    elif found.reason not in ("no_match", "refused"):
-                        decision += f"  ({found.reason.replace('_', ' ')})"
-                    elif found.request is not None and found.request.personal:
-                        decision += "  (personal data: reused only for the same user)"
-                out(f"{n:>3}  {item.agent:<9} {_clip(item.text, 58):<58} {decision}")
-            stats = cache.stats
+                    elif found is not None and found.reason not in ("no_match", "refused"):
+                        shown += f"  ({found.reason.replace('_', ' ')})"
+                    elif decision.canonical.personal:
+                        shown += "  (personal data: reused only for the same user)"
+                out(f"{n:>3}  {item.agent:<9} {_clip(item.text, 58):<58} {shown}")
+            stats = gate.cache.stats
+        finally:
+            gate.close()
         calls = len(SCRIPT) - stats.hits
         saved = without - spent
         out("\nSummary")

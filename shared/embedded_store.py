@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import CacheEntry, Neighbour, Vector
+from .store import CacheEntry, Neighbour
 from .vector_index import HNSW_THRESHOLD, VectorIndex
+from .vectors import Vector
 
 log = logging.getLogger("thrifty.store")
 

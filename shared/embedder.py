@@ -30,10 +30,10 @@ import numpy.typing as npt
 
 from .batching import MicroBatcher
 from .settings import EmbedderSettings
+from .vectors import Vector
 
 log = logging.getLogger("thrifty.embedder")
 
-Vector = npt.NDArray[np.float32]
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cache import Completion, SemanticCache
+from .cache import SemanticCache
+from .completion import Completion
 from .embedded_store import EmbeddedStore
 from .embedder import Embedder, SentenceTransformerEmbedder
-from .ledger import Ledger
-from .pricing import PriceTable
+from .request import CanonicalRequest, canonicalize
 from .settings import ThriftySettings
 from .verifier import Verifier
 
@@ -125,15 +125,13 @@ def evaluate_pairs(
         settings.embedder.memo_size = max(settings.embedder.memo_size, 2 * len(pairs) + 16)
         embedder = SentenceTransformerEmbedder(settings.embedder)
     _prefetch(embedder, (t for p in pairs for t in (p.a, p.b)))
-    prices = PriceTable(use_litellm=False)
     report = PairReport()
     shared_verifier = verifier
     for pair in pairs:
-        cache = SemanticCache(settings, store=EmbeddedStore(None), embedder=embedder,
-                              verifier=shared_verifier, ledger=Ledger(), prices=prices)
+        cache = SemanticCache(settings, store=EmbeddedStore(None), embedder=embedder, verifier=shared_verifier)
         shared_verifier = cache.verifier  # built once, from the settings, then reused
-        cache.store(_request(pair.a), Completion(answer={"content": "dummy"}, text="dummy answer"))
-        found = cache.lookup(_request(pair.b))
+        cache.store(_request(pair.a, settings), Completion(answer={"content": "dummy"}, text="dummy answer"))
+        found = cache.lookup(_request(pair.b, settings))
         report.totals.add(pair.label, found.hit)
         report.by_category.setdefault(pair.category, Counts()).add(pair.label, found.hit)
         why = found.reason if found.hit or not found.refused else f"refused:{found.refused[0].reason}"
@@ -157,8 +155,8 @@ def format_report(report: PairReport) -> str:
     return "\n".join(lines)
 
 
-def _request(text: str) -> dict[str, Any]:
-    return {"model": "eval-model", "messages": [{"role": "user", "content": text}]}
+def _request(text: str, settings: ThriftySettings) -> CanonicalRequest:
+    return canonicalize({"model": "eval-model", "messages": [{"role": "user", "content": text}]}, settings)
 
 
 def _prefetch(embedder: Embedder, texts: Iterable[str]) -> None:

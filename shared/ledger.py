@@ -1,10 +1,18 @@
 """The ledger: every call made and every call avoided, with its tokens and dollars.
 
-Each :class:`LedgerEvent` is one decision: a call that went upstream (``call``), a call answered
-from the cache (``cache_hit``), a call that waited for an identical one in flight and shared its
-answer (``joined``), a near duplicate the verifier refused to reuse (``refused``), an answer
-retried on a stronger tier (``escalation``), and the budget's bookkeeping (``reserve``,
-``settle``, ``release``, ``budget_refused``).
+Each :class:`LedgerEvent` is one decision:
+
+* ``call``: a call that went upstream, recorded by the gate when its cost is settled, whatever
+  became of it (``outcome``): ``ok`` (the answer was used), ``rejected`` (it failed validation on
+  the last tier: handed on, not stored), ``escalated`` (it failed validation and was retried on
+  the next tier; ``detail`` says why and where) or ``failed`` (the upstream raised; nothing is
+  billed). ``cost`` is exactly what was settled against the budgets, so the ledger's spend and
+  the budgets' books agree;
+* ``cache_hit``: answered from the cache; ``joined``: waited for an identical call in flight and
+  shared its answer (both with what they saved);
+* ``refused``: a near duplicate the verifier would not reuse;
+* ``budget_refused``: a call a budget did not let through.
+
 Events are kept in memory and, when a path is set, appended to a JSON-lines file that
 ``thrifty report`` reads. Writing is best effort: a failing file is logged once and the ledger
 goes on in memory.
@@ -24,10 +32,9 @@ from typing import Any, Literal
 
 log = logging.getLogger("thrifty.ledger")
 
-EventKind = Literal["call", "cache_hit", "joined", "refused", "escalation", "reserve", "settle", "release",
-                    "budget_refused"]
-EVENT_KINDS = ("call", "cache_hit", "joined", "refused", "escalation", "reserve", "settle", "release",
-               "budget_refused")
+EventKind = Literal["call", "cache_hit", "joined", "refused", "budget_refused"]
+EVENT_KINDS = ("call", "cache_hit", "joined", "refused", "budget_refused")
+CallOutcome = Literal["ok", "rejected", "escalated", "failed"]
 
 
 @dataclass(frozen=True)
@@ -39,24 +46,29 @@ class LedgerEvent:
     agent: str | None = None
     workflow: str | None = None
     tenant: str | None = None
+    user: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
     saved: float = 0.0
     saved_tokens: int = 0
+    outcome: str = ""
     detail: str = ""
     at: float = field(default_factory=time.time)
 
 
 @dataclass
 class Totals:
-    """Sums over a set of events."""
+    """Sums over a set of events. ``calls`` counts every upstream call (``escalations``,
+    ``rejected`` and ``failed`` among them) and ``cost`` what they cost."""
 
     calls: int = 0
     hits: int = 0
     joined: int = 0
     refused: int = 0
     escalations: int = 0
+    rejected: int = 0
+    failed: int = 0
     budget_refusals: int = 0
     tokens: int = 0
     cost: float = 0.0
@@ -68,6 +80,12 @@ class Totals:
             self.calls += 1
             self.tokens += event.prompt_tokens + event.completion_tokens
             self.cost += event.cost
+            if event.outcome == "escalated":
+                self.escalations += 1
+            elif event.outcome == "rejected":
+                self.rejected += 1
+            elif event.outcome == "failed":
+                self.failed += 1
         elif event.kind in ("cache_hit", "joined"):
             if event.kind == "cache_hit":
                 self.hits += 1
@@ -77,8 +95,6 @@ class Totals:
             self.saved_tokens += event.saved_tokens
         elif event.kind == "refused":
             self.refused += 1
-        elif event.kind == "escalation":
-            self.escalations += 1
         elif event.kind == "budget_refused":
             self.budget_refusals += 1
 
@@ -113,7 +129,8 @@ class Ledger:
         return summarize(self.events())
 
     def by(self, key: str) -> dict[str, Totals]:
-        """Totals grouped by an event field: ``"agent"``, ``"model"``, ``"workflow"``, ``"tenant"``."""
+        """Totals grouped by an event field: ``"agent"``, ``"model"``, ``"workflow"``, ``"tenant"``,
+        ``"user"``."""
         return group(self.events(), key)
 
 

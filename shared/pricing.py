@@ -8,12 +8,14 @@ without an override, a model's price is unknown and costs count as zero.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from .completion import Completion
 from .settings import ModelPrice
 
 log = logging.getLogger("thrifty.pricing")
@@ -67,6 +69,18 @@ class PriceTable:
                              float(info.get("output_cost_per_token") or 0.0),
                              int(limit) if isinstance(limit, (int, float)) else None)
         return None
+
+    def priced(self, completion: Completion, model: str | None = None) -> Completion:
+        """``completion`` labelled with the model that produced it (its own, else ``model``) and
+        its cost: the provider's when it gave one, else its tokens at that model's price. The one
+        place a completion is priced."""
+        model = completion.model or model
+        cost = completion.cost
+        if cost is None:
+            cost = self.cost(model, completion.prompt_tokens, completion.completion_tokens)
+        if model == completion.model and cost == completion.cost:
+            return completion
+        return dataclasses.replace(completion, model=model, cost=cost)
 
     def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int) -> float:
         """Dollars for a call with these token counts (0.0 when the price is unknown)."""

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
+
+from .settings import PersonalDataSettings
 
 BUILTIN_PATTERNS: dict[str, str] = {
     "email": r"\b[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[a-zA-Z]{2,}\b",
@@ -67,3 +70,17 @@ class PersonalDataGuard:
                     found.append(name)
                     break
         return found
+
+
+def guard_for(settings: PersonalDataSettings) -> PersonalDataGuard:
+    """The guard ``settings`` describe, compiled once per distinct set of patterns.
+
+    Raises:
+        ValueError: a configured pattern is not a valid regular expression.
+    """
+    return _guard(settings.builtin_patterns, tuple(sorted(settings.patterns.items())))
+
+
+@lru_cache(maxsize=32)
+def _guard(builtin: bool, patterns: tuple[tuple[str, str], ...]) -> PersonalDataGuard:
+    return PersonalDataGuard(dict(patterns), builtin=builtin)

@@ -19,6 +19,7 @@ import redis
 import redis.asyncio as aioredis
 
 from .breaker import CircuitBreaker
+from .log_once import LogOnce
 from .settings import RedisSettings
 
 log = logging.getLogger("thrifty.redis")
@@ -67,7 +68,7 @@ class GuardedRedis:
         self._async_clients: dict[int, aioredis.Redis] = {}
         self._on_failure = on_failure
         self._on_error = on_error
-        self._logged: set[str] = set()
+        self.log_once = LogOnce(log)
 
     @property
     def available(self) -> bool:
@@ -123,11 +124,6 @@ class GuardedRedis:
         self.breaker.success()
         if error is not None and not (self._on_error is not None and self._on_error(error)):
             self.log_once(str(error).split(" ")[0], "thrifty: Redis error (%s); carrying on without it", error)
-
-    def log_once(self, kind: str, message: str, *args: object) -> None:
-        if kind not in self._logged:
-            self._logged.add(kind)
-            log.warning(message, *args)
 
     def close(self) -> None:
         self.client.close()

@@ -1,4 +1,4 @@
-"""Single-flight across processes and machines, through Redis.
+"""Single-flight across processes and machines, through Redis: :class:`RedisFlights`.
 
 The first process to ask for a key takes a *lease*: ``SET <prefix>:flight:lease:<key> <token> NX
 PX <lease>``. It renews the lease while its call runs, and when the call ends it stores the
@@ -9,23 +9,34 @@ message, or every half lease to check that the leader is still alive. When the l
 without a result (the leader crashed or hung) or the leader gave up (a failure that is not
 deterministic), one of the waiting processes takes the lease over and makes the call itself.
 
-Outcomes are strings (the caller serialises them). Every Redis call goes through
-:class:`~thrifty.redis_client.GuardedRedis`: when Redis is unreachable, :meth:`acquire` says "go
-ahead alone" and :meth:`wait` gives up, so a down Redis costs duplicate calls, never a stuck one.
+The wire format (:func:`encode` / :func:`decode`) lives here, with the only code that speaks it:
+an answer travels as ``{"ok": true, "completion": {...}}``, a shared failure as ``{"ok": false,
+"message", "status_code", "kind", "stream"}`` and is raised in the followers as
+:class:`~thrifty.upstream.UpstreamError` (:class:`~thrifty.upstream.StreamFailed` for a broken
+stream); ``retry`` on the channel wakes the followers to take over.
+
+Every Redis call goes through :class:`~thrifty.redis_client.GuardedRedis`: when Redis is
+unreachable, :meth:`RedisFlights.acquire` grants a local lease ("go ahead alone") and
+:meth:`RedisFlights.follow` gives up, so a down Redis costs duplicate calls, never a stuck one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
+from .completion import Completion
+from .flights import Lease, Outcome, Waited, local_lease
+from .plan import Plan, arun, run
 from .redis_client import GuardedRedis
 from .settings import DedupSettings, RedisSettings
+from .upstream import StreamFailed, UpstreamError
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -37,30 +48,50 @@ redis.call('PUBLISH', KEYS[3], ARGV[4] == 'done' and ARGV[2] or 'retry')
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
+_RETRY = "retry"
+_DOWN = object()  # what a guarded call returns when Redis did not answer
 
-Outcome = Literal["result", "takeover", "timeout"]
+
+def encode(outcome: Completion | BaseException) -> str:
+    """An outcome as it travels to other processes."""
+    if isinstance(outcome, Completion):
+        return json.dumps({"ok": True, "completion": {**asdict(outcome), "answer": dict(outcome.answer)}},
+                          ensure_ascii=False, separators=(",", ":"))
+    kind = outcome.kind if isinstance(outcome, UpstreamError) else type(outcome).__name__
+    return json.dumps({"ok": False, "message": str(outcome), "status_code": getattr(outcome, "status_code", None),
+                       "kind": kind, "stream": isinstance(outcome, StreamFailed)})
+
+
+def decode(payload: str | bytes) -> Waited:
+    """What a follower gets from a published or stored outcome."""
+    data = json.loads(payload)
+    if data.get("ok"):
+        return Waited("answer", completion=Completion(**data["completion"]))
+    cls = StreamFailed if data.get("stream") else UpstreamError
+    return Waited("error", error=cls(str(data.get("message")), status_code=data.get("status_code"),
+                                     kind=data.get("kind")))
+
+
+# What following a key asks of Redis; the follower's policy is written once, in _follow_plan.
+@dataclass(frozen=True)
+class _ReadState:
+    lease_key: str
+    result_key: str
 
 
 @dataclass(frozen=True)
-class Lease:
-    """Leadership of one key. ``local`` leases were granted without Redis (it is unavailable)."""
-
+class _Acquire:
     key: str
-    token: str
-    local: bool = False
 
 
 @dataclass(frozen=True)
-class Waited:
-    """What a follower got: the leader's ``payload``, a ``lease`` to take over, or nothing."""
-
-    outcome: Outcome
-    payload: str | None = None
-    lease: Lease | None = None
+class _NextMessage:
+    timeout: float
 
 
-class RedisFlight:
-    """The cross-process in-flight table. Thread-safe; async methods never block the loop."""
+class RedisFlights:
+    """:class:`~thrifty.flights.Flights` through Redis. Thread-safe; async methods never block
+    the loop."""
 
     def __init__(self, url: str, redis_settings: RedisSettings, dedup: DedupSettings) -> None:
         self.redis = GuardedRedis(url, redis_settings, "single-flight")
@@ -73,21 +104,17 @@ class RedisFlight:
         self._renew = client.register_script(_RENEW)
         self._finish = client.register_script(_FINISH)
 
-    # ------------------------------------------------------------------ keys
-    def _keys(self, key: str) -> tuple[str, str, str]:
+    def keys(self, key: str) -> tuple[str, str, str]:
+        """The lease key, the result key and the channel of ``key``."""
         return (f"{self.prefix}:lease:{key}", f"{self.prefix}:result:{key}", f"{self.prefix}:done:{key}")
 
     # ------------------------------------------------------------------ leader side
     def acquire(self, key: str) -> Lease | None:
-        """Leadership of ``key``, or None when another process holds it. Renewed until finished."""
         token = uuid.uuid4().hex
-        lease_key = self._keys(key)[0]
-        def take() -> Any:
-            return self.redis.client.set(lease_key, token, nx=True, px=self._lease_ms)
-
-        got = self.redis.run(take, "down")
-        if got == "down":
-            return Lease(key, token, local=True)
+        lease_key = self.keys(key)[0]
+        got = self.redis.run(lambda: self.redis.client.set(lease_key, token, nx=True, px=self._lease_ms), _DOWN)
+        if got is _DOWN:
+            return local_lease(key)
         if not got:
             return None
         lease = Lease(key, token)
@@ -96,145 +123,123 @@ class RedisFlight:
 
     async def aacquire(self, key: str) -> Lease | None:
         token = uuid.uuid4().hex
-        lease_key = self._keys(key)[0]
+        lease_key = self.keys(key)[0]
         client = self.redis.aclient()
-        got: Any = await self.redis.arun(lambda: client.set(lease_key, token, nx=True, px=self._lease_ms), "down")
-        if got == "down":
-            return Lease(key, token, local=True)
+        got = await self.redis.arun(lambda: client.set(lease_key, token, nx=True, px=self._lease_ms), _DOWN)
+        if got is _DOWN:
+            return local_lease(key)
         if not got:
             return None
         lease = Lease(key, token)
         self._start_renewing_async(lease)
         return lease
 
-    def finish(self, lease: Lease, payload: str | None) -> None:
-        """End the leadership: store and publish ``payload`` (the outcome followers should get),
-        or, with ``payload=None``, just release the lease and wake followers to take over."""
+    def finish(self, lease: Lease, outcome: Outcome) -> None:
         self._stop_renewing(lease)
-        if lease.local:
-            return
-        lease_key, result_key, channel = self._keys(lease.key)
-        args: list[str | int] = [lease.token, payload or "", int(self.dedup.result_ttl * 1000),
-                                 "done" if payload else "retry"]
-        self.redis.run(lambda: self._finish(keys=[lease_key, result_key, channel], args=args), None)
+        if not lease.local:
+            keys, args = self._finish_call(lease, outcome)
+            self.redis.run(lambda: self._finish(keys=keys, args=args), None)
 
-    async def afinish(self, lease: Lease, payload: str | None) -> None:
+    async def afinish(self, lease: Lease, outcome: Outcome) -> None:
         self._stop_renewing(lease)
-        if lease.local:
-            return
-        lease_key, result_key, channel = self._keys(lease.key)
-        args: list[str | int] = [lease.token, payload or "", int(self.dedup.result_ttl * 1000),
-                                 "done" if payload else "retry"]
-        client = self.redis.aclient()
-        await self.redis.arun(lambda: client.eval(_FINISH, 3, lease_key, result_key, channel, *args), None)
+        if not lease.local:
+            keys, args = self._finish_call(lease, outcome)
+            client = self.redis.aclient()
+            await self.redis.arun(lambda: client.eval(_FINISH, len(keys), *keys, *args), None)
+
+    def _finish_call(self, lease: Lease, outcome: Outcome) -> tuple[list[str], list[str | int]]:
+        payload = encode(outcome) if outcome is not None else ""
+        args: list[str | int] = [lease.token, payload, int(self.dedup.result_ttl * 1000),
+                                 "done" if payload else _RETRY]
+        return list(self.keys(lease.key)), args
 
     # ------------------------------------------------------------------ follower side
-    def wait(self, key: str, deadline: float) -> Waited:
-        """Wait (blocking) for the leader of ``key`` until ``deadline`` (a ``time.time()``)."""
-        lease_key, result_key, channel = self._keys(key)
+    def follow(self, key: str, deadline: float) -> Waited:
+        channel = self.keys(key)[2]
         pubsub = self.redis.run(lambda: self._subscribed(channel), None)
         if pubsub is None:
             return Waited("timeout")
         try:
-            while True:
-                found = self._check(key, lease_key, result_key)
-                if found is not None:
-                    return found
-                remaining = deadline - time.time()
-                if remaining <= 0:
-                    return Waited("timeout")
-                wake = min(remaining, self.dedup.lease_seconds / 2)
-                message = self.redis.run(partial(pubsub.get_message, ignore_subscribe_messages=True, timeout=wake),
-                                         "down")
-                if message == "down":
-                    return Waited("timeout")
-                published = _payload(message)
-                if published is not None:
-                    return Waited("result", payload=published)
+            return run(self._follow_plan(key, deadline), partial(self._perform, pubsub))
         finally:
             self.redis.run(pubsub.close, None)
 
-    async def await_(self, key: str, deadline: float) -> Waited:
-        """Async twin of :meth:`wait`."""
-        lease_key, result_key, channel = self._keys(key)
-        client = self.redis.aclient()
-        pubsub: Any = client.pubsub()  # type: ignore[no-untyped-call]
+    async def afollow(self, key: str, deadline: float) -> Waited:
+        channel = self.keys(key)[2]
+        pubsub: Any = self.redis.aclient().pubsub()  # type: ignore[no-untyped-call]
         try:
-            subscribed: Any = await self.redis.arun(lambda: pubsub.subscribe(channel), "down")
-            if subscribed == "down":
+            if await self.redis.arun(lambda: pubsub.subscribe(channel), _DOWN) is _DOWN:
                 return Waited("timeout")
-            while True:
-                found = await self._acheck(key, lease_key, result_key)
-                if found is not None:
-                    return found
-                remaining = deadline - time.time()
-                if remaining <= 0:
-                    return Waited("timeout")
-                wake = min(remaining, self.dedup.lease_seconds / 2)
-                message = await self.redis.arun(
-                    partial(pubsub.get_message, ignore_subscribe_messages=True, timeout=wake), "down",
-                    timeout=wake + self.redis.settings.operation_timeout * 2)
-                if message == "down":
-                    return Waited("timeout")
-                published = _payload(message)
-                if published is not None:
-                    return Waited("result", payload=published)
+            return await arun(self._follow_plan(key, deadline), partial(self._aperform, pubsub))
         finally:
             await self.redis.arun(pubsub.aclose, None)
+
+    def _follow_plan(self, key: str, deadline: float) -> Plan[Waited]:
+        """Check for an outcome or a dead leader, then sleep on the channel (at most half a lease,
+        to check the leader again) until the deadline."""
+        lease_key, result_key, _ = self.keys(key)
+        while True:
+            state = yield _ReadState(lease_key, result_key)
+            if state is _DOWN:
+                return Waited("timeout")
+            stored, leader_alive = state
+            if stored is not None:
+                return decode(stored)
+            if not leader_alive:
+                lease = yield _Acquire(key)
+                if lease is not None:
+                    return Waited("takeover", lease=lease)
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                return Waited("timeout")
+            message = yield _NextMessage(min(remaining, self.dedup.lease_seconds / 2))
+            if message is _DOWN:
+                return Waited("timeout")
+            published = _published(message)
+            if published is not None:
+                return decode(published)
+
+    def _perform(self, pubsub: Any, op: Any) -> Any:
+        if isinstance(op, _ReadState):
+            def read() -> Any:
+                pipe = self.redis.client.pipeline(transaction=False)
+                pipe.get(op.result_key)
+                pipe.exists(op.lease_key)
+                return pipe.execute()
+
+            return self.redis.run(read, _DOWN)
+        if isinstance(op, _Acquire):
+            return self.acquire(op.key)
+        return self.redis.run(partial(pubsub.get_message, ignore_subscribe_messages=True, timeout=op.timeout),
+                              _DOWN)
+
+    async def _aperform(self, pubsub: Any, op: Any) -> Any:
+        if isinstance(op, _ReadState):
+            client = self.redis.aclient()
+
+            async def read() -> Any:
+                pipe = client.pipeline(transaction=False)
+                pipe.get(op.result_key)
+                pipe.exists(op.lease_key)
+                return await pipe.execute()
+
+            return await self.redis.arun(read, _DOWN)
+        if isinstance(op, _Acquire):
+            return await self.aacquire(op.key)
+        return await self.redis.arun(
+            partial(pubsub.get_message, ignore_subscribe_messages=True, timeout=op.timeout), _DOWN,
+            timeout=op.timeout + self.redis.settings.operation_timeout * 2)
 
     def _subscribed(self, channel: str) -> Any:
         pubsub = self.redis.client.pubsub()  # type: ignore[no-untyped-call]
         pubsub.subscribe(channel)
         return pubsub
 
-    def _check(self, key: str, lease_key: str, result_key: str) -> Waited | None:
-        """A result, a lease to take over (no leader any more), or None (keep waiting)."""
-        def read() -> Any:
-            pipe = self.redis.client.pipeline(transaction=False)
-            pipe.get(result_key)
-            pipe.exists(lease_key)
-            return pipe.execute()
-
-        state = self.redis.run(read, None)
-        if state is None:
-            return Waited("timeout")
-        result, leader_alive = state
-        if result is not None:
-            return Waited("result", payload=result.decode() if isinstance(result, bytes) else str(result))
-        if leader_alive:
-            return None
-        lease = self.acquire(key)
-        if lease is not None:
-            return Waited("takeover", lease=lease)
-        return None
-
-    async def _acheck(self, key: str, lease_key: str, result_key: str) -> Waited | None:
-        client = self.redis.aclient()
-
-        async def read() -> Any:
-            pipe = client.pipeline(transaction=False)
-            pipe.get(result_key)
-            pipe.exists(lease_key)
-            return await pipe.execute()
-
-        state = await self.redis.arun(read, None)
-        if state is None:
-            return Waited("timeout")
-        result, leader_alive = state
-        if result is not None:
-            return Waited("result", payload=result.decode() if isinstance(result, bytes) else str(result))
-        if leader_alive:
-            return None
-        lease = await self.aacquire(key)
-        if lease is not None:
-            return Waited("takeover", lease=lease)
-        return None
-
     # ------------------------------------------------------------------ lease renewal
     def _start_renewing(self, lease: Lease) -> None:
         stop = threading.Event()
         self._renewers[lease.token] = stop
-        lease_key = self._keys(lease.key)[0]
+        lease_key = self.keys(lease.key)[0]
         give_up = time.time() + self.dedup.max_wait
 
         def renew() -> None:
@@ -246,7 +251,7 @@ class RedisFlight:
         threading.Thread(target=renew, name=f"thrifty-lease-{lease.key[:8]}", daemon=True).start()
 
     def _start_renewing_async(self, lease: Lease) -> None:
-        lease_key = self._keys(lease.key)[0]
+        lease_key = self.keys(lease.key)[0]
         client = self.redis.aclient()
         give_up = time.time() + self.dedup.max_wait
 
@@ -271,10 +276,10 @@ class RedisFlight:
         self.redis.close()
 
 
-def _payload(message: Any) -> str | None:
+def _published(message: Any) -> str | None:
     """The outcome carried by a "done" message (the leader publishes it whole), else None."""
     if not isinstance(message, dict) or message.get("type") != "message":
         return None
     data = message.get("data")
     text = data.decode() if isinstance(data, bytes) else str(data)
-    return None if text == "retry" else text
+    return None if text == _RETRY else text

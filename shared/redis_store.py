@@ -37,7 +37,8 @@ from redisvl.schema import IndexSchema
 
 from .redis_client import TRANSIENT_ERRORS, GuardedRedis, redact
 from .settings import RedisSettings
-from .store import CacheEntry, Neighbour, Vector
+from .store import CacheEntry, Neighbour
+from .vectors import Vector
 
 log = logging.getLogger("thrifty.redis")
 

@@ -12,6 +12,10 @@ A chat request (OpenAI wire format: ``model``, ``messages`` with string or list 
 * the **semantic text**: the final user turn, the only part matched by meaning. It is ``None``
   when the final turn may not be matched by meaning: it is not from the user, or it carries
   images, audio or files.
+
+Alongside, the request's *owners* (tenant, user, agent, workflow) and per-request controls are
+read: what budgets and the ledger count against. The gate canonicalises every request once, and
+every part (cache, single-flight, router, budgets, ledger) reads this one result.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .privacy import PersonalDataGuard
-from .settings import CacheSettings, PersonalDataSettings
+from .privacy import guard_for
+from .settings import ThriftySettings
 from .text import normalize_for_key
 
 # Request fields that change what the model answers. Anything listed here is part of the scope.
@@ -38,12 +42,14 @@ OUTPUT_PARAMS = (
 
 
 class InvalidRequest(ValueError):
-    """The request cannot be canonicalised (no messages, malformed messages)."""
+    """The request is not a chat request at all (not a mapping)."""
 
 
 @dataclass(frozen=True)
 class CanonicalRequest:
-    """A request as the cache sees it. ``skip_semantic`` says why ``semantic_text`` is None."""
+    """A request as thrifty sees it. ``skip_semantic`` says why ``semantic_text`` is None;
+    ``invalid`` says why the request can be neither matched, stored nor joined (its messages
+    cannot be read) - it is still routed and budgeted by its model and owners."""
 
     scope: str
     exact_key: str
@@ -59,56 +65,59 @@ class CanonicalRequest:
     no_store: bool = False
     ttl_seconds: float | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def workflow(self) -> str | None:
-        """The workflow or trace this request belongs to, from its metadata, for the ledger."""
-        for key in ("workflow_id", "workflow", "trace_id", "session_id"):
-            value = self.metadata.get(key)
-            if value not in (None, ""):
-                return str(value)
-        return None
+    workflow: str | None = None
+    invalid: str | None = None
 
 
-def canonicalize(
-    request: Mapping[str, Any],
-    cache: CacheSettings | None = None,
-    personal_data: PersonalDataSettings | None = None,
-    *,
-    guard: PersonalDataGuard | None = None,
-) -> CanonicalRequest:
-    """Split ``request`` into scope, exact key and semantic text.
+def canonicalize(request: Mapping[str, Any], settings: ThriftySettings | None = None) -> CanonicalRequest:
+    """Split ``request`` into scope, exact key and semantic text, and read its owners.
 
-    Per-request controls are read the way LiteLLM spells them, ``cache={"no-cache": True,
-    "no-store": True, "ttl": 60, "namespace": "billing"}``, and also from
-    ``metadata["thrifty"]`` with ``no_cache`` / ``no_store`` / ``ttl`` keys.
+    ``settings`` (default: the defaults) say which metadata keys name the tenant, user, agent and
+    workflow (``budget.workflow_keys``), and what counts as personal data. Per-request controls
+    are read the way LiteLLM spells them, ``cache={"no-cache": True, "no-store": True, "ttl": 60,
+    "namespace": "billing"}``, and also from ``metadata["thrifty"]`` with ``no_cache`` /
+    ``no_store`` / ``ttl`` keys.
+
+    A mapping whose messages cannot be read (none, not a list, a message that is not a mapping)
+    is still canonicalised, marked ``invalid``: its model, owners and controls are read, its exact
+    key is a digest of the whole request, and it has no semantic text.
 
     Raises:
-        InvalidRequest: ``request`` has no ``messages`` list, or a message is not a mapping.
+        InvalidRequest: ``request`` is not a mapping.
     """
-    cache = cache or CacheSettings()
-    personal_data = personal_data or PersonalDataSettings()
+    settings = settings or _DEFAULTS
     if not isinstance(request, Mapping):
         raise InvalidRequest(f"a chat request is a mapping, got {type(request).__name__}")
-    messages = request.get("messages")
-    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
-        raise InvalidRequest("a chat request needs a non-empty 'messages' list")
-    for i, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise InvalidRequest(f"messages[{i}] is a {type(message).__name__}, not a mapping")
-
+    cache, personal_data = settings.cache, settings.personal_data
     metadata = _metadata(request)
     controls = _controls(request, metadata)
-    last = messages[-1]
-    text, attachments = _content_text(last.get("content"))
     namespace = controls.get("namespace") or _first(metadata, cache.namespace_keys)
     tenant = _first(metadata, cache.tenant_keys)
     user = _first(request, cache.user_keys) or _first(metadata, cache.user_keys)
+    workflow = _first(metadata, settings.budget.workflow_keys)
+    owners: dict[str, Any] = {
+        "model": request.get("model") if isinstance(request.get("model"), str) else None,
+        "namespace": str(namespace) if namespace is not None else None,
+        "tenant": str(tenant) if tenant is not None else None,
+        "user": str(user) if user is not None else None,
+        "workflow": str(workflow) if workflow is not None else None,
+        "no_cache": bool(controls.get("no_cache")),
+        "no_store": bool(controls.get("no_store")),
+        "ttl_seconds": _positive_float(controls.get("ttl")),
+        "metadata": metadata,
+    }
+    messages: Sequence[Mapping[str, Any]] = request.get("messages")  # type: ignore[assignment]
+    invalid = _unreadable(messages)
+    if invalid is not None:
+        key = _digest({"invalid": dict(request)})
+        return CanonicalRequest(scope=key, exact_key=key, text="", semantic_text=None, skip_semantic="invalid",
+                                invalid=invalid, **owners)
 
+    last = messages[-1]
+    text, attachments = _content_text(last.get("content"))
     personal: tuple[str, ...] = ()
     if personal_data.mode != "off":
-        guard = guard or PersonalDataGuard(personal_data.patterns, builtin=personal_data.builtin_patterns)
-        personal = tuple(guard.find(_all_texts(messages)))
+        personal = tuple(guard_for(personal_data).find(_all_texts(messages)))
 
     scope_doc: dict[str, Any] = {
         "model": request.get("model"),
@@ -131,22 +140,22 @@ def canonicalize(
         skip = "non_text_content"
     elif not text.strip():
         skip = "empty_text"
-    return CanonicalRequest(
-        scope=scope,
-        exact_key=exact_key,
-        text=text,
-        semantic_text=None if skip else text.strip(),
-        skip_semantic=skip,
-        model=request.get("model") if isinstance(request.get("model"), str) else None,
-        namespace=str(namespace) if namespace is not None else None,
-        tenant=str(tenant) if tenant is not None else None,
-        user=str(user) if user is not None else None,
-        personal=personal,
-        no_cache=bool(controls.get("no_cache")),
-        no_store=bool(controls.get("no_store")),
-        ttl_seconds=_positive_float(controls.get("ttl")),
-        metadata=metadata,
-    )
+    return CanonicalRequest(scope=scope, exact_key=exact_key, text=text,
+                            semantic_text=None if skip else text.strip(), skip_semantic=skip,
+                            personal=personal, **owners)
+
+
+_DEFAULTS = ThriftySettings.model_construct()
+
+
+def _unreadable(messages: Any) -> str | None:
+    """Why ``messages`` cannot be read as a chat, or None when it can."""
+    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
+        return "a chat request needs a non-empty 'messages' list"
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            return f"messages[{i}] is a {type(message).__name__}, not a mapping"
+    return None
 
 
 def _metadata(request: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .cache import Completion
+from .completion import Completion
 from .embedder import Embedder
 from .pricing import Price, PriceTable
 from .scoring import Features, LearnedScorer, RulesScorer, Scorer, read_labelled_csv
@@ -102,6 +102,11 @@ class Router:
         scores = scorer.score_texts([e.text for e in examples])
         calibration = [(float(s), e.cheap_ok, e.premium_ok) for s, e in zip(scores, examples)]
         return cls(settings, scorer, prices=prices, validator=validator, calibration=calibration)
+
+    @property
+    def wants_vector(self) -> bool:
+        """Whether the scorer reads the request's embedding (the learned one does)."""
+        return not isinstance(self.scorer, RulesScorer)
 
     # ------------------------------------------------------------------ routing
     def routes(self, request: Mapping[str, Any]) -> bool:

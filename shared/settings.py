@@ -92,7 +92,7 @@ class CacheSettings(_Section):
         "embedded", description="embedded: in-process index persisted to `path`; memory: not persisted; "
         "redis: shared by every process through Redis with the query engine (see `redis`)")
     path: Path = Field(DEFAULT_CACHE_PATH, description="file of the embedded store")
-    redis_url: str | None = Field(None, description="Redis for the cache; default: redis.url")
+    redis_url: str | None = Field(None, description="Redis for the cache only; default: redis.url")
     max_entries: int = Field(100_000, ge=1)
     ttl_seconds: float | None = Field(7 * 24 * 3600, gt=0, description="None: entries never expire")
     ttl_by_namespace: dict[str, float | None] = Field(
@@ -126,7 +126,9 @@ class CacheSettings(_Section):
 
 
 class RedisSettings(_Section):
-    """The Redis that the distributed parts share: cache, in-flight table and budgets."""
+    """The Redis that the distributed parts share: cache, in-flight table and budgets. Each part
+    may name a Redis of its own (``cache.redis_url``, ``dedup.redis_url``, ``budget.redis_url``);
+    :meth:`ThriftySettings.redis_url_for` is the one place that resolves which URL a part uses."""
 
     url: str = Field("redis://localhost:6379/0", description="redis:// or rediss:// URL")
     key_prefix: str = Field("thrifty", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
@@ -149,6 +151,7 @@ class DedupSettings(_Section):
     lease_seconds: float = Field(10.0, gt=0, description="a leader's Redis lease, renewed while its call "
                                  "runs; a crashed leader's followers take over after this long")
     result_ttl: float = Field(60.0, gt=0, description="seconds a leader's result stays in Redis for late followers")
+    redis_url: str | None = Field(None, description="Redis for the in-flight table only; default: redis.url")
     join_near_duplicates: bool = Field(
         False, description="also join an in-flight request whose text the verifier accepts as the same "
         "request (in-process only)")
@@ -208,6 +211,7 @@ class BudgetSettings(_Section):
     """Spending limits that concurrent calls cannot overrun."""
 
     backend: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = Field(None, description="Redis for the budgets only; default: redis.url")
     limits: list[LimitSettings] = Field(default_factory=list)
     reservation_ttl: float = Field(600.0, gt=0, description="seconds before a crashed call's reservation lapses")
     default_max_output_tokens: int = Field(4096, ge=1, description="worst-case answer length when neither the "
@@ -269,6 +273,12 @@ class ThriftySettings(BaseSettings):
         if mapping is not None:
             sources.append(InitSettingsSource(settings_cls, init_kwargs=dict(mapping)))
         return tuple(sources)
+
+    def redis_url_for(self, part: Literal["cache", "dedup", "budget"]) -> str:
+        """The Redis URL ``part`` uses: its own ``redis_url`` when set, else ``redis.url``. A part's
+        URL never chooses another part's Redis."""
+        own: str | None = getattr(self, part).redis_url
+        return own or self.redis.url
 
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any] | None, **overrides: Any) -> ThriftySettings:

@@ -1,41 +1,32 @@
-"""Single-flight: concurrent callers with the same key share one execution.
+"""Single-flight within one process: concurrent callers with the same key share one call.
 
-Modelled on Go's ``golang.org/x/sync/singleflight``:
+Modelled on Go's ``golang.org/x/sync/singleflight``, for a caller that sees a call's start and
+its end in separate hooks (as the gate and every framework adapter do) rather than wrapping the
+call in a function:
 
-* ``do(key, fn)`` runs ``fn`` once for all callers of ``key`` that arrive while it runs; each gets
-  the same result (or the same exception) and a ``shared`` flag that is True when the result went
-  to more than one caller;
-* ``do_future(key, fn)`` is ``DoChan``: the same, as a future to wait on later;
-* ``forget(key)`` makes later callers of ``key`` start a new execution instead of joining the one
-  in flight.
+* ``FlightTable.claim(key)`` returns the *leader's* :class:`Flight` for a key nobody is calling,
+  or a *follower's* view of the flight in progress (Go's ``Do``, split in two);
+* the leader settles the flight with :meth:`Flight.resolve` or :meth:`Flight.reject`; every
+  follower gets that value or that exception from :meth:`Flight.result` (threads) or
+  :meth:`Flight.wait` (asyncio tasks), threads and event loops mixed freely;
+* ``FlightTable.forget(key)`` makes later callers start a new flight (Go's ``Forget``);
+  ``FlightTable.followers(key)`` says how many joined the flight in progress (Go's ``shared``).
 
-:class:`SingleFlight` serves threads (``fn`` runs in the first caller's thread);
-:class:`AsyncSingleFlight` serves asyncio tasks (``fn`` runs in a task of its own, so a cancelled
-caller - the first one included - never cancels the call the others are waiting for).
-
-Both also expose the call as a :class:`Flight` claim, for frameworks that cannot wrap the call in
-a function but see its start and its end through separate hooks: ``claim(key)`` returns a
-leader's flight (resolve or reject it when the call ends) or a follower's (wait on it).
+Guarantees: at most one leader per key at a time; a follower never waits on a flight that was
+rejected (a failed flight is not joinable: the next caller leads a new one); cancelling one
+waiter never cancels the others or the call. Across processes, the gate adds
+:mod:`thrifty.flights` on top: the first caller in each process asks there who leads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Shared(Generic[T]):
-    """A result and whether it was shared with other callers (Go's ``shared``)."""
-
-    value: T
-    shared: bool
 
 
 class _Outcome(Generic[T]):
@@ -66,11 +57,14 @@ class _Outcome(Generic[T]):
         self.future.add_done_callback(relay)
         return shared
 
+    def failed(self) -> bool:
+        return self.future.done() and self.future.exception() is not None
+
 
 def _copy(source: Future[T] | asyncio.Future[T], target: asyncio.Future[T]) -> None:
+    error = source.exception()  # read even when nobody is left to tell: it was seen, not lost
     if target.done():
         return
-    error = source.exception()
     if error is not None:
         target.set_exception(error)
     else:
@@ -90,7 +84,6 @@ class Flight(Generic[T]):
     def __init__(self, key: Hashable, leader: bool, outcome: _Outcome[T], done: Callable[[], None]) -> None:
         self.key = key
         self.leader = leader
-        self.followers = 0  # on the leader's flight: how many joined
         self._outcome = outcome
         self._done = done
         self._lock = threading.Lock()
@@ -143,32 +136,42 @@ class Flight(Generic[T]):
 
 
 class FlightTable(Generic[T]):
-    """Flights by key: the part of the design both variants share, usable on its own by callers
-    that see a call's start and end in separate hooks (``claim`` / ``resolve`` / ``reject``).
-    Threads and asyncio tasks may share one table."""
+    """Flights by key. Threads and asyncio tasks may share one table.
+
+    One lock, the table's, guards the table and every follower count: ``claim``, ``forget``,
+    ``followers``, ``snapshot`` and a leader's release all take it, and nothing else reads or
+    writes either.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._flights: dict[Hashable, Flight[T]] = {}
+        self._flights: dict[Hashable, tuple[Flight[T], int]] = {}  # key -> (leader's flight, followers)
 
     def claim(self, key: Hashable) -> Flight[T]:
         """The leader's flight for a new key, or a follower's view of the one in flight."""
         with self._lock:
             current = self._flights.get(key)
-            joinable = current is not None and (not current.settled or current._outcome.future.exception() is None)
-            if current is not None and joinable:
-                current.followers += 1
-                return Flight(key, leader=False, outcome=current._outcome, done=lambda: None)
+            if current is not None and not current[0]._outcome.failed():
+                leading, followers = current
+                self._flights[key] = (leading, followers + 1)
+                return Flight(key, leader=False, outcome=leading._outcome, done=lambda: None)
             leader: Flight[T] = Flight(key, leader=True, outcome=_Outcome(), done=lambda: self._end(key, leader))
-            self._flights[key] = leader
+            self._flights[key] = (leader, 0)
             return leader
 
-    def shared(self, flight: Flight[T]) -> bool:
-        """Go's ``shared``: a follower's result is always shared; a leader's when anyone joined."""
+    def followers(self, key: Hashable) -> int:
+        """How many callers joined the flight in progress for ``key`` (0 when there is none)."""
         with self._lock:
-            return flight.followers > 0 or not flight.leader
+            current = self._flights.get(key)
+            return current[1] if current is not None else 0
+
+    def snapshot(self) -> dict[Hashable, int]:
+        """The keys in flight, with how many callers joined each."""
+        with self._lock:
+            return {key: followers for key, (_, followers) in self._flights.items()}
 
     def forget(self, key: Hashable) -> None:
+        """Later callers of ``key`` start a new flight; the one in progress goes on for its own."""
         with self._lock:
             self._flights.pop(key, None)
 
@@ -178,73 +181,6 @@ class FlightTable(Generic[T]):
 
     def _end(self, key: Hashable, flight: Flight[T]) -> None:
         with self._lock:
-            if self._flights.get(key) is flight:
+            current = self._flights.get(key)
+            if current is not None and current[0] is flight:
                 del self._flights[key]
-
-
-class SingleFlight(FlightTable[T]):
-    """Single-flight for threads."""
-
-    def do(self, key: Hashable, fn: Callable[[], T]) -> Shared[T]:
-        """Run ``fn`` once for every concurrent caller of ``key``; raise its exception for all."""
-        flight = self.claim(key)
-        if flight.leader:
-            try:
-                flight.resolve(fn())
-            except BaseException as exc:  # noqa: BLE001 - every outcome goes to the waiters
-                flight.reject(exc)
-        value = flight.result()
-        return Shared(value, self.shared(flight))
-
-    def do_future(self, key: Hashable, fn: Callable[[], T]) -> Future[T]:
-        """``DoChan``: like :meth:`do`, but returns at once; the leader's ``fn`` runs in a thread."""
-        flight = self.claim(key)
-        if flight.leader:
-            def run() -> None:
-                try:
-                    flight.resolve(fn())
-                except BaseException as exc:  # noqa: BLE001 - every outcome goes to the waiters
-                    flight.reject(exc)
-
-            threading.Thread(target=run, name=f"singleflight-{key!r}", daemon=True).start()
-        return flight._outcome.future
-
-
-class AsyncSingleFlight(FlightTable[T]):
-    """Single-flight for asyncio tasks."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    async def do(self, key: Hashable, fn: Callable[[], Awaitable[T]]) -> Shared[T]:
-        """Await ``fn()`` once for every concurrent caller of ``key``; raise its exception for all.
-
-        The call runs in a task of its own: cancelling any caller, the first one included,
-        leaves the call running for the others.
-        """
-        flight = self.claim(key)
-        if flight.leader:
-            self._start(flight, fn)
-        value = await flight.wait()
-        return Shared(value, self.shared(flight))
-
-    def do_future(self, key: Hashable, fn: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
-        """``DoChan``: the flight's outcome as an asyncio future, the call started if new."""
-        flight = self.claim(key)
-        if flight.leader:
-            self._start(flight, fn)
-        return asyncio.ensure_future(flight.wait())
-
-    def _start(self, flight: Flight[T], fn: Callable[[], Awaitable[T]]) -> None:
-        async def run() -> None:
-            try:
-                flight.resolve(await fn())
-            except BaseException as exc:
-                flight.reject(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)  # a strong reference until it ends
-        task.add_done_callback(self._tasks.discard)

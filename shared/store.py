@@ -14,10 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
-import numpy.typing as npt
-
-Vector = npt.NDArray[np.float32]
+from .settings import ThriftySettings
+from .vectors import Vector
 
 
 @dataclass
@@ -95,3 +93,16 @@ class Store(Protocol):
     async def aput(self, entry: CacheEntry) -> None: ...
 
     async def arecord_hit(self, entry_id: str, now: float) -> None: ...
+
+
+def make_store(settings: ThriftySettings) -> Store:
+    """The store ``settings.cache.backend`` names: the embedded store at ``cache.path``, the same in
+    memory only (``memory``), or Redis (``redis``, needs the thrifty[redis] extra)."""
+    cs = settings.cache
+    if cs.backend == "redis":
+        from .redis_store import RedisStore
+
+        return RedisStore(settings.redis_url_for("cache"), settings=settings.redis, max_entries=cs.max_entries)
+    from .embedded_store import EmbeddedStore
+
+    return EmbeddedStore(None if cs.backend == "memory" else cs.path, max_entries=cs.max_entries)

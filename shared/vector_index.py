@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-Vector = npt.NDArray[np.float32]
+from .vectors import Vector
 
 HNSW_THRESHOLD = 8192
 

@@ -36,6 +36,7 @@ import snowballstemmer  # type: ignore[import-untyped]
 from rapidfuzz.distance import OSA
 
 from .lexicon import DEFAULT_LEXICON, Lexicon
+from .settings import ThriftySettings
 from .text import Word, normalize_for_key, strip_pleasantries, words
 
 
@@ -504,6 +505,18 @@ class RuleVerifier:
 
 
 _WORD = re.compile(r"[a-z0-9]{2,}")
+
+
+def default_verifier(settings: ThriftySettings) -> RuleVerifier:
+    """The :class:`RuleVerifier` ``settings.verifier`` describes."""
+    vs = settings.verifier
+    lexicon = DEFAULT_LEXICON
+    if vs.extra_synonyms or vs.extra_opposites or vs.extra_qualifier_groups:
+        lexicon = lexicon.extended(synonyms=vs.extra_synonyms, opposites=vs.extra_opposites,
+                                   qualifier_groups=vs.extra_qualifier_groups)
+    return RuleVerifier(min_similarity=vs.min_similarity, reworded_similarity=vs.reworded_similarity,
+                        minimal_overlap=vs.minimal_overlap, max_edit_words=vs.max_edit_words,
+                        long_text_words=vs.long_text_words, lexicon=lexicon)
 
 
 @lru_cache(maxsize=65536)

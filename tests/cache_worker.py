@@ -12,9 +12,9 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from thrifty.cache import Completion, SemanticCache
-from thrifty.ledger import Ledger
-from thrifty.pricing import PriceTable
+from thrifty.cache import SemanticCache
+from thrifty.completion import Completion
+from thrifty.request import canonicalize
 from thrifty.settings import ThriftySettings
 
 
@@ -22,8 +22,8 @@ def main() -> None:
     url, prefix, action, text = sys.argv[1:5]
     settings = ThriftySettings(cache={"backend": "redis", "redis_url": url}, redis={"key_prefix": prefix},
                                ledger={"path": None})
-    cache = SemanticCache(settings, ledger=Ledger(), prices=PriceTable(use_litellm=False))
-    request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
+    cache = SemanticCache(settings)
+    request = canonicalize({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}, settings)
     if action == "store":
         stored = cache.store(request, Completion(answer={"content": f"answer from pid {os.getpid()}"},
                                                  text="an answer"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import pytest
-from thrifty.cache import Completion, SemanticCache
+from thrifty.cache import SemanticCache
+from thrifty.completion import Completion
 from thrifty.embedded_store import EmbeddedStore
-from thrifty.embedder import SentenceTransformerEmbedder, Vector
+from thrifty.embedder import SentenceTransformerEmbedder
+from thrifty.gate import Thrifty
 from thrifty.ledger import Ledger
 from thrifty.pricing import PriceTable
+from thrifty.request import CanonicalRequest, canonicalize
 from thrifty.settings import EmbedderSettings, ThriftySettings
+from thrifty.vectors import Vector
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_REDIS_URL = os.environ.get("THRIFTY_TEST_REDIS_URL")
@@ -104,6 +109,26 @@ def chat(text: str, *, system: str | None = SYSTEM, model: str = "gpt-4o-mini", 
     return {"model": model, "messages": messages, **extra}
 
 
+def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "the condition") -> None:
+    """Block until ``condition()`` is true, checking every 10 ms; fail the test after ``timeout``
+    seconds. For ordering a test against another thread or process: wait on what happened, never
+    on how long it usually takes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+async def async_wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "the condition") -> None:
+    """:func:`wait_for` for a coroutine: the event loop keeps running while it waits."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
 def loop_turns_during(work: Callable[[], Awaitable[Any]]) -> int:
     """How many times the event loop turned while ``work()`` ran (many: it did not block it)."""
     async def scenario() -> int:
@@ -128,14 +153,35 @@ def answer(text: str = "The answer.", **extra: Any) -> Completion:
 
 
 def make_cache(embedder: Any, *, path: Path | None = None, clock: Any = None, **settings: Any) -> SemanticCache:
-    cache_settings = {"backend": "memory", **settings.pop("cache", {})}
-    config = ThriftySettings(cache=cache_settings, ledger={"path": None}, **settings)
+    """A cache on the real embedder and an in-memory store (or the embedded store at ``path``)."""
+    config = memory_settings(**settings)
     store = EmbeddedStore(path, max_entries=config.cache.max_entries) if path is not None else None
-    kwargs: dict[str, Any] = {"store": store, "embedder": embedder, "ledger": Ledger(),
-                              "prices": PriceTable(use_litellm=False)}
+    kwargs: dict[str, Any] = {"store": store, "embedder": embedder}
     if clock is not None:
         kwargs["clock"] = clock
     return SemanticCache(config, **kwargs)
+
+
+def make_gate(embedder: Any, *, clock: Any = None, **settings: Any) -> Thrifty:
+    """A gate on the real embedder, an in-memory store and ledger, and only the prices given in
+    ``prices`` (LiteLLM's map is not consulted: a test names what its models cost)."""
+    config = memory_settings(**settings)
+    kwargs: dict[str, Any] = {"embedder": embedder, "ledger": Ledger(),
+                              "prices": PriceTable(config.prices, use_litellm=False)}
+    if clock is not None:
+        kwargs["clock"] = clock
+    return Thrifty(config, **kwargs)
+
+
+def memory_settings(**settings: Any) -> ThriftySettings:
+    """Settings with a memory cache and no ledger file, and ``settings`` on top."""
+    return ThriftySettings(cache={"backend": "memory", **settings.pop("cache", {})},
+                           ledger={"path": None, **settings.pop("ledger", {})}, **settings)
+
+
+def request_for(cache: SemanticCache, text: str, /, **extra: Any) -> CanonicalRequest:
+    """``chat(text, **extra)`` canonicalised as ``cache``'s settings say."""
+    return canonicalize(chat(text, **extra), cache.settings)
 
 
 @pytest.fixture
@@ -185,6 +231,16 @@ class Standin:
         import urllib.request
 
         urllib.request.urlopen(urllib.request.Request(self.root + "/stats/reset", method="POST"), timeout=10).close()
+
+    def held(self, name: str) -> int:
+        """How many requests with ``[hold:name]`` are waiting for :meth:`release`."""
+        return int(self.stats()["held"].get(name, 0))
+
+    def release(self, name: str) -> None:
+        """Answer the requests held with ``[hold:name]``, and any that come later."""
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.root}/release/{name}", method="POST"), timeout=10).close()
 
     def stop(self) -> None:
         self.process.terminate()

@@ -5,8 +5,9 @@
 MODE is ``burst`` (COUNT concurrent identical requests, started when the test sets the go key),
 ``hang`` (lead one request whose upstream never answers), ``fail400`` (lead one request whose
 upstream fails with a 400), ``streamfail`` (lead one streamed request that breaks off midway) or
-``one`` (one request). The upstream counts its calls in Redis
-(``PREFIX:upstream-calls``). Prints one JSON object with what this process saw.
+``one`` (one request). The upstream counts its calls in Redis (``PREFIX:upstream-calls``); with
+``FOLLOWERS=n`` it answers only once n other processes follow the call (subscribers of its
+channel), then after ``DELAY`` seconds. Prints one JSON object with what this process saw.
 """
 
 from __future__ import annotations
@@ -21,13 +22,11 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import redis
-from thrifty.cache import (
-    Completion,
-    SemanticCache,
-)
+from thrifty.completion import Completion
 from thrifty.gate import Reused, Thrifty
 from thrifty.ledger import Ledger
 from thrifty.pricing import PriceTable
+from thrifty.request import canonicalize
 from thrifty.settings import ThriftySettings
 
 REQUEST = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "What's the status of order 44921?"}]}
@@ -45,11 +44,19 @@ def main() -> None:
         dedup={"backend": "redis", "lease_seconds": float(os.environ.get("LEASE", "1")),
                "max_wait": float(os.environ.get("MAX_WAIT", "30"))},
         redis={"url": url, "key_prefix": prefix})
-    gate = Thrifty(cache=SemanticCache(settings, ledger=Ledger(), prices=PriceTable(use_litellm=False)))
+    gate = Thrifty(settings, ledger=Ledger(), prices=PriceTable(use_litellm=False))
     counter = redis.Redis.from_url(url)
+    channel = f"{prefix}:flight:done:{canonicalize(REQUEST, settings).exact_key}"
+
+    async def followed_by(processes: int) -> None:
+        deadline = time.time() + 120
+        while dict(counter.pubsub_numsub(channel)).get(channel.encode(), 0) < processes:
+            assert time.time() < deadline, "the other processes never followed"
+            await asyncio.sleep(0.01)
 
     async def upstream(call: dict[str, Any]) -> Completion:
         counter.incr(f"{prefix}:upstream-calls")
+        await followed_by(int(os.environ.get("FOLLOWERS", "0")))
         if mode == "hang":
             await asyncio.sleep(3600)
         await asyncio.sleep(float(os.environ.get("DELAY", "1")))
@@ -78,7 +85,7 @@ def main() -> None:
     async def stream_and_fail() -> dict[str, Any]:
         ticket = await gate.abegin(REQUEST)
         counter.incr(f"{prefix}:upstream-calls")
-        await asyncio.sleep(float(os.environ.get("DELAY", "1")))  # some chunks went out, then:
+        await followed_by(int(os.environ.get("FOLLOWERS", "0")))  # some chunks went out, then:
         await ticket.afail(ConnectionResetError("upstream closed the stream"), mid_stream=True)  # type: ignore[union-attr]
         return {"leader": True}
 

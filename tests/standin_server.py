@@ -12,13 +12,16 @@ answered what. Directives in the last user message change the behaviour:
 * ``[refuse-if:<text>]``: answer "I'm sorry, I can't help with that." when the model name
   contains ``<text>`` (a cheap tier that fails validation);
 * ``[status:<code>]``: fail with that HTTP status and an OpenAI-style error body;
-* ``[delay:<seconds>]``: wait before answering (for single-flight);
+* ``[delay:<seconds>]``: wait before answering (a slow provider);
+* ``[hold:<name>]``: wait before answering until ``POST /release/<name>`` (at once if it came
+  before): a test answers when it has seen what it waits for, not after a guessed delay;
 * ``[cut:<n>]`` with ``stream``: break the connection after ``n`` chunks (no finish_reason, no ``[DONE]``).
 
 A request with ``response_format`` of type ``json_object`` or ``json_schema`` gets the answer as
 ``{"answer": "..."}``. Usage counts are one token per four characters, at least one.
-``GET /stats`` returns ``{"calls": n, "by_model": {...}, "max_in_flight": m}`` (the most requests it
-was answering at once); ``POST /stats/reset`` zeroes them.
+``GET /stats`` returns ``{"calls": n, "by_model": {...}, "max_in_flight": m, "held": {name: n}}``
+(the most requests it was answering at once, and the requests waiting for each release);
+``POST /stats/reset`` zeroes them.
 """
 
 from __future__ import annotations
@@ -34,9 +37,15 @@ from typing import Any
 
 from aiohttp import web
 
-_DIRECTIVE = re.compile(r"\[(refuse-if|status|delay|cut):([^\]]+)\]")
+_DIRECTIVE = re.compile(r"\[(refuse-if|status|delay|hold|cut):([^\]]+)\]")
 CALLS: Counter[str] = Counter()
 FLIGHT = {"now": 0, "max": 0}  # requests being answered at once, and the most there were
+RELEASES: dict[str, asyncio.Event] = {}
+HELD: Counter[str] = Counter()
+
+
+def _release(name: str) -> asyncio.Event:
+    return RELEASES.setdefault(name, asyncio.Event())
 
 
 def _tokens(text: str) -> int:
@@ -86,6 +95,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def _answer(request: web.Request, body: dict[str, Any], model: str) -> web.StreamResponse:
     answer, directives = answer_for(body)
+    if "hold" in directives:
+        HELD[directives["hold"]] += 1
+        try:
+            await _release(directives["hold"]).wait()
+        finally:
+            HELD[directives["hold"]] -= 1
     if "delay" in directives:
         await asyncio.sleep(float(directives["delay"]))
     if "status" in directives:
@@ -132,7 +147,13 @@ async def _answer(request: web.Request, body: dict[str, Any], model: str) -> web
 
 
 async def stats(request: web.Request) -> web.Response:
-    return web.json_response({"calls": CALLS.total(), "by_model": dict(CALLS), "max_in_flight": FLIGHT["max"]})
+    return web.json_response({"calls": CALLS.total(), "by_model": dict(CALLS), "max_in_flight": FLIGHT["max"],
+                              "held": {name: n for name, n in HELD.items() if n}})
+
+
+async def release(request: web.Request) -> web.Response:
+    _release(request.match_info["name"]).set()
+    return web.json_response({"released": request.match_info["name"]})
 
 
 async def reset(request: web.Request) -> web.Response:
@@ -147,6 +168,7 @@ def make_app() -> web.Application:
     app.router.add_post("/chat/completions", chat_completions)
     app.router.add_get("/stats", stats)
     app.router.add_post("/stats/reset", reset)
+    app.router.add_post("/release/{name}", release)
     return app
 
 

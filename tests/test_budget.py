@@ -14,16 +14,17 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import Clock, answer, chat, make_cache
-from thrifty.budget import Budget, BudgetExceeded, MemoryBudgetStore, prompt_tokens
-from thrifty.cache import Completion
+from conftest import Clock, answer, chat, make_gate, wait_for
+from thrifty.budget import Budget, BudgetExceeded, MemoryBudgetStore
+from thrifty.completion import Completion
 from thrifty.embedder import SentenceTransformerEmbedder
-from thrifty.gate import Reused, Thrifty, Ticket
-from thrifty.ledger import Ledger
+from thrifty.gate import Reused, Thrifty
 from thrifty.pricing import PriceTable
 from thrifty.redis_budget import RedisBudgetStore
 from thrifty.request import canonicalize
 from thrifty.settings import BudgetSettings, ModelPrice, RedisSettings
+from thrifty.ticket import Ticket
+from thrifty.tokens import prompt_tokens
 
 PRICES = PriceTable({"cheap-model": ModelPrice(input_per_token=1e-6, output_per_token=2e-6),
                      "big-model": ModelPrice(input_per_token=1e-5, output_per_token=3e-5)}, use_litellm=False)
@@ -31,7 +32,7 @@ WORKER = Path(__file__).with_name("budget_worker.py")
 
 
 def budget(limits: list[dict[str, Any]], *, store: Any = None, clock: Any = None, ttl: float = 600) -> Budget:
-    kwargs: dict[str, Any] = {"store": store, "ledger": Ledger()}
+    kwargs: dict[str, Any] = {"store": store}
     if clock is not None:
         kwargs["clock"] = clock
     return Budget(BudgetSettings(limits=limits, reservation_ttl=ttl), PRICES, **kwargs)  # type: ignore[arg-type]
@@ -47,7 +48,7 @@ def test_worst_case_is_prompt_tokens_at_input_price_plus_max_output_at_output_pr
     expected = prompt_tokens(request, "big-model") * 1e-5 + 100 * 3e-5
     assert b.worst_case(request, "big-model") == pytest.approx(expected)
     assert b.worst_case({**request, "n": 3}, "big-model") == pytest.approx(expected + 200 * 3e-5)
-    assert b.worst_case(request, "unknown-model") == 0.0
+    assert b.worst_case(request, "unknown-model") is None  # unknown: a limit cannot hold it
 
 
 def test_reserve_settle_release() -> None:
@@ -60,14 +61,12 @@ def test_reserve_settle_release() -> None:
         b.reserve(req(metadata={"tenant": "acme"}), canon, "big-model")
     message = str(refused.value)
     assert "tenant 'acme'" in message and "limit $0.0100" in message and "could cost up to" in message
-    b.settle(first, 0.0001, canon)   # the real cost was far below the worst case: room again
-    b.release(second, canon)
+    b.settle(first, 0.0001)   # the real cost was far below the worst case: room again
+    b.release(second)
     b.reserve(req(metadata={"tenant": "acme"}), canon, "big-model")
     b.settle(first, 5.0)  # a second settlement is ignored
     (scope, _, spent, reserved), = b.remaining(canon)
     assert scope == "tenant 'acme'" and spent == pytest.approx(0.0001) and reserved > 0
-    kinds = [e.kind for e in b.ledger.events()]  # type: ignore[union-attr]
-    assert {"reserve", "settle", "release", "budget_refused"} <= set(kinds)
 
 
 def test_limits_are_checked_together_or_not_at_all() -> None:
@@ -91,7 +90,7 @@ def test_rolling_windows_and_lapsed_reservations() -> None:
     clock = Clock(1_000_000.0)
     b = budget([{"scope": "global", "usd": 0.005, "window": "hour"}], clock=clock, ttl=60)
     canon = canonicalize(req())
-    b.settle(b.reserve(req(), canon, "big-model"), 0.004, canon)
+    b.settle(b.reserve(req(), canon, "big-model"), 0.004)
     with pytest.raises(BudgetExceeded):
         b.reserve(req(), canon, "big-model")
     clock.now += 3601  # the spend left the window
@@ -115,7 +114,8 @@ def overspend_attempt(b: Budget, calls: int, real_cost: float) -> tuple[int, int
     lock = threading.Lock()
     barrier = threading.Barrier(calls)
     canon = canonicalize(req(metadata={"tenant": "acme"}))
-    assert real_cost <= b.worst_case(req(metadata={"tenant": "acme"}), "big-model")  # what a reservation promises
+    promised = b.worst_case(req(metadata={"tenant": "acme"}), "big-model")  # what a reservation promises
+    assert promised is not None and real_cost <= promised
 
     def one() -> None:
         nonlocal ok, refused
@@ -126,7 +126,7 @@ def overspend_attempt(b: Budget, calls: int, real_cost: float) -> tuple[int, int
             with lock:
                 refused += 1
             return
-        b.settle(reservation, real_cost, canon)
+        b.settle(reservation, real_cost)
         with lock:
             ok += 1
 
@@ -167,7 +167,7 @@ def test_redis_windows_and_lapses(redis_url: str, redis_prefix: str) -> None:
     store = RedisBudgetStore(redis_url, RedisSettings(key_prefix=redis_prefix, operation_timeout=5))
     b = budget([{"scope": "global", "usd": 0.005, "window": "hour"}], store=store, clock=clock, ttl=60)
     canon = canonicalize(req())
-    b.settle(b.reserve(req(), canon, "big-model"), 0.004, canon)
+    b.settle(b.reserve(req(), canon, "big-model"), 0.004)
     with pytest.raises(BudgetExceeded):
         b.reserve(req(), canon, "big-model")
     clock.now += 3601
@@ -182,12 +182,7 @@ def test_four_processes_on_redis_cannot_overspend(redis_url: str, redis_prefix: 
     client = redis.Redis.from_url(redis_url)
     procs = [subprocess.Popen([sys.executable, str(WORKER), redis_url, redis_prefix, "125"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=os.environ.copy()) for _ in range(4)]
-    deadline = 120
-    import time
-    started = time.time()
-    while int(client.get(f"{redis_prefix}:ready") or 0) < 4:
-        assert time.time() - started < deadline
-        time.sleep(0.02)
+    wait_for(lambda: int(client.get(f"{redis_prefix}:ready") or 0) == 4, timeout=120, what="4 workers ready")
     client.set(f"{redis_prefix}:go", 1)
     outputs = []
     for p in procs:
@@ -208,14 +203,10 @@ TIERS = [{"name": "cheap", "model": "cheap-model"}, {"name": "premium", "model":
 
 
 def gate_with(embedder: SentenceTransformerEmbedder, policy: str, usd: float) -> Thrifty:
-    cache = make_cache(embedder, budget={"limits": [{"scope": "tenant", "usd": usd, "policy": policy}]},
-                       router={"enabled": True, "tiers": TIERS, "thresholds": [0.0]},
-                       prices={"cheap-model": {"input_per_token": 1e-6, "output_per_token": 2e-6},
-                               "big-model": {"input_per_token": 1e-5, "output_per_token": 3e-5}})
-    cache.prices = PriceTable(cache.settings.prices, use_litellm=False)
-    gate = Thrifty(cache=cache)
-    gate.budget.prices = cache.prices
-    return gate
+    return make_gate(embedder, budget={"limits": [{"scope": "tenant", "usd": usd, "policy": policy}]},
+                     router={"enabled": True, "tiers": TIERS, "thresholds": [0.0]},
+                     prices={"cheap-model": {"input_per_token": 1e-6, "output_per_token": 2e-6},
+                             "big-model": {"input_per_token": 1e-5, "output_per_token": 3e-5}})
 
 
 def call(gate: Thrifty, text: str, models: list[str]) -> Completion | Reused:

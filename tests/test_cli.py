@@ -104,8 +104,8 @@ def test_report_shows_what_is_left_of_each_budget(tmp_path: Path) -> None:
     config.write_text("thrifty:\n  budget:\n    limits:\n      - {scope: tenant, usd: 5, window: day}\n")
     result = run("--config", str(config), "report", str(ledger), "--by", "tenant")
     assert result.returncode == 0, result.stderr
-    assert "tenant acme (per day)" in result.stdout and "3.2500" in result.stdout  # 5 - 1.75 left
-    assert "tenant globex (per day)" in result.stdout and "1.0000" in result.stdout
+    assert "tenant 'acme' (per day)" in result.stdout and "3.2500" in result.stdout  # 5 - 1.75 left
+    assert "tenant 'globex' (per day)" in result.stdout and "1.0000" in result.stdout
 
 
 def test_bad_settings_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import answer, chat, make_cache
+from conftest import answer, make_cache, request_for
 from thrifty.embedded_store import EmbeddedStore
 from thrifty.embedder import SentenceTransformerEmbedder
 from thrifty.store import CacheEntry
@@ -28,10 +28,10 @@ def entry(i: int, scope: str = "s", *, expires_at: float | None = None) -> Cache
 def test_entries_survive_a_restart(tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
     path = tmp_path / "cache.sqlite3"
     with make_cache(embedder, path=path) as cache:
-        cache.store(chat("What's the status of order 44921?"), answer("Shipped."))
+        cache.store(request_for(cache, "What's the status of order 44921?"), answer("Shipped."))
     with make_cache(embedder, path=path) as reopened:
-        assert reopened.lookup(chat("what's the status of order 44921")).tier == "exact"
-        found = reopened.lookup(chat("Can you check the status of order 44921?"))
+        assert reopened.lookup(request_for(reopened, "what's the status of order 44921")).tier == "exact"
+        found = reopened.lookup(request_for(reopened, "Can you check the status of order 44921?"))
         assert found.hit and found.tier == "semantic"
         assert found.answer == {"role": "assistant", "content": "Shipped."}
 
@@ -77,9 +77,9 @@ def test_a_corrupt_file_is_moved_aside_and_the_cache_starts_empty(
         cache = make_cache(embedder, path=path)
     assert "unreadable" in caplog.text
     assert list(tmp_path.glob("cache.sqlite3.corrupt-*"))
-    assert not cache.lookup(chat("What is the refund policy?")).hit
-    assert cache.store(chat("What is the refund policy?"), answer()).stored
-    assert cache.lookup(chat("What is the refund policy?")).hit
+    assert not cache.lookup(request_for(cache, "What is the refund policy?")).hit
+    assert cache.store(request_for(cache, "What is the refund policy?"), answer()).stored
+    assert cache.lookup(request_for(cache, "What is the refund policy?")).hit
 
 
 def test_unreadable_rows_are_dropped_not_served(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ workers sharing the cache, single-flight and budgets through Redis."""
 from __future__ import annotations
 
 import asyncio
-import time
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import Any
 import openai
 import pytest
 import yaml
-from conftest import REPO, Standin
+from conftest import REPO, Standin, wait_for
 from proxy_process import ProxyProcess, proxy_available
 
 pytestmark = pytest.mark.slow
@@ -44,6 +44,15 @@ def proxy(standin_server: Standin, tmp_path_factory: pytest.TempPathFactory) -> 
     process = start(EXAMPLE_CONFIG, standin_server, tmp_path_factory.mktemp("proxy"))
     yield process
     process.stop()
+
+
+def stored(proxy: ProxyProcess, text: str) -> bool:
+    """Whether the proxy's cache file (the embedded store) holds an answer to ``text``."""
+    path = proxy.log.parent / "cache.sqlite3"
+    if not path.is_file():
+        return False
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+        return db.execute("SELECT COUNT(*) FROM entries WHERE text = ?", (text,)).fetchone()[0] > 0
 
 
 def client(proxy: ProxyProcess, key: str | None = None) -> openai.OpenAI:
@@ -121,7 +130,8 @@ def test_streams_through_the_proxy_are_cached(proxy: ProxyProcess, standin: Stan
 
     first, decision = streamed()
     assert first == "[gpt-4o-mini] Answer to: Do you ship to Iceland?" and decision == "call"
-    time.sleep(1.0)  # the proxy stores a finished stream in a background task
+    # the proxy stores a finished stream in a background task
+    wait_for(lambda: stored(proxy, "Do you ship to Iceland?"), what="the stream to be stored")
     assert streamed() == (first, "cache_hit") and standin.calls() == 1
 
 
@@ -248,10 +258,9 @@ def workers_seen(proxy: ProxyProcess) -> set[str]:
 
 
 async def burst_on_own_connections(proxy: ProxyProcess, texts: list[str]) -> list[tuple[int, str]]:
-    """Each text from a client of its own (a connection of its own, to either worker), 20 ms
-    apart: (HTTP status, x-thrifty-decision or the error message) for each."""
-    async def one(index: int, text: str) -> tuple[int, str]:
-        await asyncio.sleep(0.02 * index)
+    """Each text from a client of its own (a connection of its own, to either worker), all at
+    once: (HTTP status, x-thrifty-decision or the error message) for each."""
+    async def one(text: str) -> tuple[int, str]:
         async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=proxy.master_key, max_retries=0) as own:
             try:
                 raw = await own.chat.completions.with_raw_response.create(
@@ -260,7 +269,7 @@ async def burst_on_own_connections(proxy: ProxyProcess, texts: list[str]) -> lis
                 return error.status_code, str(error)
             return raw.http_response.status_code, str(raw.headers["x-thrifty-decision"])
 
-    return list(await asyncio.gather(*(one(index, text) for index, text in enumerate(texts))))
+    return list(await asyncio.gather(*(one(text) for text in texts)))
 
 
 def test_two_workers_share_the_cache_and_single_flight_through_redis(shared_proxy: ProxyProcess,

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Standin
+from conftest import Standin, async_wait_for
 from litellm.router import Router
-from thrifty.cache import SemanticCache
+from litellm.router_utils.cooldown_handlers import get_cooldown_deployments
 from thrifty.embedder import SentenceTransformerEmbedder
 from thrifty.gate import Thrifty
 from thrifty.settings import ThriftySettings
@@ -39,7 +39,7 @@ def make_router(standin: Standin) -> Router:
 def install(embedder: SentenceTransformerEmbedder, tmp_path: Path, **settings: Any) -> ThriftyCallback:
     config = ThriftySettings(cache={"backend": "embedded", "path": tmp_path / "cache.sqlite3"}, ledger={"path": None},
                              **settings)
-    return litellm_plugins.install(gate=Thrifty(config, cache=SemanticCache(config, embedder=embedder)))
+    return litellm_plugins.install(gate=Thrifty(config, embedder=embedder))
 
 
 @pytest.fixture
@@ -139,12 +139,13 @@ def test_sync_router_calls_are_routed_and_cached(standin: Standin,
 
 def test_routed_streams_go_to_the_tier_and_are_stored(standin: Standin,
                                                       routed: tuple[Router, CostAwareRouting]) -> None:
-    router, _ = routed
+    router, strategy = routed
 
     async def scenario() -> tuple[str, Any]:
         chunks = await router.acompletion(**ask(HARD, stream=True))
         text = "".join([c.choices[0].delta.content or "" async for c in chunks])
-        await asyncio.sleep(0.3)  # LiteLLM stores a finished stream in a background task
+        # LiteLLM stores a finished stream in a background task
+        await async_wait_for(lambda: strategy.callback.gate.cache.stats.stores == 1, what="the stream to be stored")
         return text, await router.acompletion(**ask(HARD))
 
     text, again = asyncio.run(scenario())
@@ -190,7 +191,9 @@ def test_a_tier_cooling_down_passes_its_traffic_up(standin: Standin, embedder: S
         async def scenario() -> Any:
             with pytest.raises(Exception):  # noqa: B017 - the cheap tier's connection error, as LiteLLM words it
                 await router.acompletion(**ask(EASY))
-            await asyncio.sleep(0.2)  # LiteLLM records the failure in a background task
+            # LiteLLM records the failure, and cools the deployment down, in a background task
+            await async_wait_for(lambda: "cheap-1" in get_cooldown_deployments(router, None),
+                                 what="the cheap deployment to cool down")
             return await router.acompletion(**ask("Do you deliver on Sundays?"))
 
         moved = asyncio.run(scenario())

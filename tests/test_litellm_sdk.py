@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,10 @@ from typing import Any
 import litellm
 import pytest
 import vcr
-from conftest import REPO, SYSTEM
+from conftest import REPO, SYSTEM, async_wait_for, wait_for
 from litellm.exceptions import BudgetExceededError as LiteLLMBudgetExceededError
 from litellm.integrations.custom_logger import CustomLogger
 from thrifty.budget import BudgetExceeded
-from thrifty.cache import SemanticCache
 from thrifty.embedder import SentenceTransformerEmbedder
 from thrifty.gate import Thrifty
 from thrifty.settings import ThriftySettings
@@ -87,7 +85,7 @@ def provider(request: pytest.FixtureRequest) -> Iterator[Provider]:
 def _gate(embedder: SentenceTransformerEmbedder, tmp_path: Path, **settings: Any) -> Thrifty:
     config = ThriftySettings(cache={"backend": "embedded", "path": tmp_path / "cache.sqlite3"},
                              ledger={"path": None}, **settings)
-    return Thrifty(config, cache=SemanticCache(config, embedder=embedder))
+    return Thrifty(config, embedder=embedder)
 
 
 @pytest.fixture
@@ -172,10 +170,7 @@ def test_sync_hits_are_free_in_litellms_accounting_and_near_duplicates_go_to_the
     other = litellm.completion(**provider.call("What's the status of order 44922?"))
     assert "44922" in text_of(other) and thrifty_of(other)["decision"] == "call"
     provider.assert_all_played(2)
-    for _ in range(50):  # LiteLLM logs sync calls from a thread pool
-        if len(accounting.seen(*questions)) == 2:
-            break
-        time.sleep(0.05)
+    wait_for(lambda: len(accounting.seen(*questions)) == 2, what="LiteLLM's logging threads")
     (called, cost), hit_logged = sorted(accounting.seen(*questions))
     assert not called and cost > 0  # the provider's answer is priced
     assert hit_logged == (True, 0.0)  # the hit: a cache hit at zero cost
@@ -191,10 +186,8 @@ def test_async_hits_and_near_duplicates(provider: Provider, thrifty_on: ThriftyC
 
     async def scenario() -> list[Any]:
         responses = [await litellm.acompletion(**provider.call(question)) for question in questions]
-        for _ in range(50):  # LiteLLM's logging worker runs the success callbacks in the background
-            if len(accounting.seen(*questions)) == 3:
-                break
-            await asyncio.sleep(0.05)
+        # LiteLLM's logging worker runs the success callbacks in the background
+        await async_wait_for(lambda: len(accounting.seen(*questions)) == 3, what="LiteLLM's logging worker")
         return responses
 
     first, hit, other = asyncio.run(scenario())
@@ -245,7 +238,8 @@ def test_async_stream_is_stored_when_it_ends(provider: Provider, thrifty_on: Thr
     async def scenario() -> tuple[str, Any]:
         chunks = await litellm.acompletion(**provider.call("Do you ship to Norway?", stream=True))
         text = "".join([chunk.choices[0].delta.content or "" async for chunk in chunks])
-        await asyncio.sleep(0.2)  # LiteLLM writes a finished stream to the cache in a background task
+        # LiteLLM writes a finished stream to the cache in a background task
+        await async_wait_for(lambda: thrifty_on.gate.cache.stats.stores == 1, what="the stream to be stored")
         return text, await litellm.acompletion(**provider.call("do you ship to norway"))
 
     text, hit = asyncio.run(scenario())

@@ -14,12 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from conftest import Clock, answer, chat, loop_turns_during, redis_binaries
+from conftest import Clock, answer, chat, loop_turns_during, redis_binaries, request_for, wait_for
 from thrifty.cache import SemanticCache
 from thrifty.embedder import SentenceTransformerEmbedder
-from thrifty.ledger import Ledger
-from thrifty.pricing import PriceTable
 from thrifty.redis_store import RedisStore
+from thrifty.request import canonicalize
 from thrifty.settings import ThriftySettings
 from thrifty.store import CacheEntry
 
@@ -30,7 +29,7 @@ def redis_cache(embedder: Any, url: str, prefix: str, *, clock: Any = None, **se
     cache_settings = {"backend": "redis", "redis_url": url, **settings.pop("cache", {})}
     redis_settings = {"key_prefix": prefix, **settings.pop("redis", {})}
     config = ThriftySettings(cache=cache_settings, redis=redis_settings, ledger={"path": None}, **settings)
-    kwargs: dict[str, Any] = {"embedder": embedder, "ledger": Ledger(), "prices": PriceTable(use_litellm=False)}
+    kwargs: dict[str, Any] = {"embedder": embedder}
     if clock is not None:
         kwargs["clock"] = clock
     return SemanticCache(config, **kwargs)
@@ -45,13 +44,13 @@ def test_exact_semantic_and_refused_like_the_embedded_store(
     redis_url: str, redis_prefix: str, embedder: SentenceTransformerEmbedder
 ) -> None:
     cache = redis_cache(embedder, redis_url, redis_prefix)
-    assert cache.store(chat("What's the status of order 44921?"), answer("Shipped.")).stored
-    exact = cache.lookup(chat("what's the status of order 44921"))
+    assert cache.store(request_for(cache, "What's the status of order 44921?"), answer("Shipped.")).stored
+    exact = cache.lookup(request_for(cache, "what's the status of order 44921"))
     assert exact.hit and exact.tier == "exact" and exact.answer == {"role": "assistant", "content": "Shipped."}
-    semantic = cache.lookup(chat("Can you check the status of order 44921?"))
+    semantic = cache.lookup(request_for(cache, "Can you check the status of order 44921?"))
     assert semantic.hit and semantic.tier == "semantic"
     for near_duplicate in ("What's the status of order 44922?", "Can you check the status of order 44912?"):
-        refused = cache.lookup(chat(near_duplicate))
+        refused = cache.lookup(request_for(cache, near_duplicate))
         assert not refused.hit and refused.reason == "refused" and refused.refused[0].reason == "number"
     stats = cache.stats
     assert (stats.exact_hits, stats.semantic_hits, stats.refused_near_duplicates, stats.entries) == (1, 1, 2, 1)
@@ -59,12 +58,13 @@ def test_exact_semantic_and_refused_like_the_embedded_store(
 
 def test_scopes_and_tenants_never_mix(redis_url: str, redis_prefix: str, embedder: SentenceTransformerEmbedder) -> None:
     cache = redis_cache(embedder, redis_url, redis_prefix)
-    cache.store(chat("What is our refund policy?", metadata={"tenant": "acme"}), answer("Acme: 30 days"))
-    cache.store(chat("What is our refund policy?", system="You are Globex's agent."), answer("Globex: none"))
-    assert not cache.lookup(chat("What is our refund policy?", metadata={"tenant": "globex"})).hit
-    assert not cache.lookup(chat("Can you tell me our refund policy?", metadata={"tenant": "globex"})).hit
-    assert not cache.lookup(chat("What is our refund policy?")).hit
-    found = cache.lookup(chat("Can you tell me our refund policy?", metadata={"tenant": "acme"}))
+    cache.store(request_for(cache, "What is our refund policy?", metadata={"tenant": "acme"}), answer("Acme: 30 days"))
+    globex = "You are Globex's agent."
+    cache.store(request_for(cache, "What is our refund policy?", system=globex), answer("Globex: none"))
+    assert not cache.lookup(request_for(cache, "What is our refund policy?", metadata={"tenant": "globex"})).hit
+    assert not cache.lookup(request_for(cache, "Can you tell me our refund policy?", metadata={"tenant": "globex"})).hit
+    assert not cache.lookup(request_for(cache, "What is our refund policy?")).hit
+    found = cache.lookup(request_for(cache, "Can you tell me our refund policy?", metadata={"tenant": "acme"}))
     assert found.hit and found.answer == {"role": "assistant", "content": "Acme: 30 days"}
 
 
@@ -84,15 +84,14 @@ def test_two_processes_share_one_cache(redis_url: str, redis_prefix: str) -> Non
 
 def test_ttl_is_redis_side(redis_url: str, redis_prefix: str, embedder: SentenceTransformerEmbedder) -> None:
     cache = redis_cache(embedder, redis_url, redis_prefix, cache={"ttl_seconds": 1})
-    cache.store(chat("What is the weather in Paris?"), answer())
-    key = f"{redis_prefix}:cache:e:{cache.canonicalize(chat('What is the weather in Paris?')).exact_key}"
+    cache.store(request_for(cache, "What is the weather in Paris?"), answer())
+    key = f"{redis_prefix}:cache:e:{canonicalize(chat('What is the weather in Paris?')).exact_key}"
     client = redis.Redis.from_url(redis_url)
     assert 0 < client.pttl(key) <= 1000
-    assert cache.lookup(chat("What is the weather in Paris?")).hit
-    time.sleep(1.2)
-    assert client.exists(key) == 0  # Redis removed it, not thrifty
-    assert not cache.lookup(chat("What is the weather in Paris?")).hit
-    assert not cache.lookup(chat("What's the weather in Paris?")).hit
+    assert cache.lookup(request_for(cache, "What is the weather in Paris?")).hit
+    wait_for(lambda: client.exists(key) == 0, timeout=30, what="Redis to expire the entry")  # Redis, not thrifty
+    assert not cache.lookup(request_for(cache, "What is the weather in Paris?")).hit
+    assert not cache.lookup(request_for(cache, "What's the weather in Paris?")).hit
 
 
 def test_expired_entries_are_not_served_even_before_redis_drops_them(
@@ -100,10 +99,10 @@ def test_expired_entries_are_not_served_even_before_redis_drops_them(
 ) -> None:
     clock = Clock(time.time())
     cache = redis_cache(embedder, redis_url, redis_prefix, clock=clock, cache={"ttl_seconds": 60})
-    cache.store(chat("What is the refund policy?"), answer())
+    cache.store(request_for(cache, "What is the refund policy?"), answer())
     clock.now += 61  # our clock ran ahead of Redis's
-    assert not cache.lookup(chat("What is the refund policy?")).hit
-    assert not cache.lookup(chat("Tell me the refund policy")).hit
+    assert not cache.lookup(request_for(cache, "What is the refund policy?")).hit
+    assert not cache.lookup(request_for(cache, "Tell me the refund policy")).hit
 
 
 def test_size_bound_evicts_least_recently_used(redis_url: str, redis_prefix: str) -> None:
@@ -123,10 +122,10 @@ def test_garbage_and_foreign_keys_are_skipped_never_served(
     redis_url: str, redis_prefix: str, embedder: SentenceTransformerEmbedder
 ) -> None:
     cache = redis_cache(embedder, redis_url, redis_prefix)
-    cache.store(chat("How do I reset my password?"), answer("Settings > Security"))
+    cache.store(request_for(cache, "How do I reset my password?"), answer("Settings > Security"))
     client = redis.Redis.from_url(redis_url)
-    good_key = f"{redis_prefix}:cache:e:{cache.canonicalize(chat('How do I reset my password?')).exact_key}"
-    scope = cache.canonicalize(chat("How do I reset my password?")).scope
+    good_key = f"{redis_prefix}:cache:e:{canonicalize(chat('How do I reset my password?')).exact_key}"
+    scope = canonicalize(chat("How do I reset my password?")).scope
     vector = client.hget(good_key, "vector_384")
     assert isinstance(vector, bytes) and len(vector) == 384 * 4
     garbage = {
@@ -141,7 +140,7 @@ def test_garbage_and_foreign_keys_are_skipped_never_served(
     for name, fields in garbage.items():
         client.hset(f"{redis_prefix}:cache:e:{name}", mapping=fields)  # type: ignore[arg-type]
     client.set(f"{redis_prefix}:cache:e:a-string", "not a hash")
-    found = cache.lookup(chat("How can I reset my password?"))
+    found = cache.lookup(request_for(cache, "How can I reset my password?"))
     assert found.hit and found.answer == {"role": "assistant", "content": "Settings > Security"}
     store = cache.storage
     assert isinstance(store, RedisStore)
@@ -149,17 +148,17 @@ def test_garbage_and_foreign_keys_are_skipped_never_served(
     assert store.get_exact(scope, "a-string", time.time()) is None  # WRONGTYPE: a miss
     assert store.skipped_entries >= 1
     # the garbage did not trip the breaker: Redis itself is fine
-    assert store.available and cache.lookup(chat("how do i reset my password")).tier == "exact"
+    assert store.available and cache.lookup(request_for(cache, "how do i reset my password")).tier == "exact"
 
 
 def test_async_twins(redis_url: str, redis_prefix: str, embedder: SentenceTransformerEmbedder) -> None:
     cache = redis_cache(embedder, redis_url, redis_prefix)
 
     async def scenario() -> None:
-        assert (await cache.astore(chat("What's the status of order 44921?"), answer("Shipped"))).stored
-        assert (await cache.alookup(chat("what's the status of order 44921"))).tier == "exact"
-        assert (await cache.alookup(chat("Can you check the status of order 44921?"))).tier == "semantic"
-        assert (await cache.alookup(chat("What's the status of order 44922?"))).reason == "refused"
+        assert (await cache.astore(request_for(cache, "What's the status of order 44921?"), answer("Shipped"))).stored
+        assert (await cache.alookup(request_for(cache, "what's the status of order 44921"))).tier == "exact"
+        assert (await cache.alookup(request_for(cache, "Can you check the status of order 44921?"))).tier == "semantic"
+        assert (await cache.alookup(request_for(cache, "What's the status of order 44922?"))).reason == "refused"
 
     asyncio.run(scenario())
     asyncio.run(scenario())  # a second event loop gets its own client
@@ -194,30 +193,26 @@ def test_redis_killed_mid_run_fails_open_and_recovers(
     running, start, url = private_redis
     cache = redis_cache(embedder, url, "kill", redis={"breaker_failures": 2, "breaker_cooldown": 0.5,
                                                       "operation_timeout": 0.2, "connect_timeout": 0.2})
-    assert cache.store(chat("What is the refund policy?"), answer("30 days")).stored
-    assert cache.lookup(chat("What is the refund policy?")).hit
+    assert cache.store(request_for(cache, "What is the refund policy?"), answer("30 days")).stored
+    assert cache.lookup(request_for(cache, "What is the refund policy?")).hit
 
     running[0].kill()
     with caplog.at_level(logging.WARNING):
-        results = [cache.lookup(chat("What is the refund policy?")) for _ in range(20)]
-        stored = cache.store(chat("What is the warranty?"), answer("1 year"))
+        results = [cache.lookup(request_for(cache, "What is the refund policy?")) for _ in range(20)]
+        stored = cache.store(request_for(cache, "What is the warranty?"), answer("1 year"))
     assert all(not r.hit for r in results) and not stored.stored
     assert {r.reason for r in results[2:]} == {"store_unavailable"}  # the breaker opened
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "failing" in r.getMessage()]
     assert len(warnings) == 1  # one warning, not one per request
 
-    started = time.perf_counter()
-    for _ in range(100):
-        cache.lookup(chat("Another question while Redis is down?"))
-    assert (time.perf_counter() - started) / 100 < 0.1  # no timeouts waited (a loose bound, not a benchmark)
+    later = [cache.lookup(request_for(cache, "Another question while Redis is down?")) for _ in range(100)]
+    assert {r.reason for r in later} == {"store_unavailable"}  # answered at once: no call reached for Redis
 
     running.append(start())
-    time.sleep(0.6)  # past the cooldown: the next call probes
-    deadline = time.time() + 10
-    while not cache.store(chat("What is the refund policy?"), answer("30 days")).stored and time.time() < deadline:
-        time.sleep(0.2)
-    assert cache.lookup(chat("What is the refund policy?")).hit  # service resumed by itself
-    assert cache.lookup(chat("Can you tell me the refund policy?")).hit
+    wait_for(lambda: cache.store(request_for(cache, "What is the refund policy?"), answer("30 days")).stored,
+             timeout=30, what="the breaker to let a probe through")  # after the cooldown
+    assert cache.lookup(request_for(cache, "What is the refund policy?")).hit  # service resumed by itself
+    assert cache.lookup(request_for(cache, "Can you tell me the refund policy?")).hit
 
 
 def test_a_redis_without_the_query_engine_still_serves_exact_hits(
@@ -235,9 +230,9 @@ def test_a_redis_without_the_query_engine_still_serves_exact_hits(
     with executor:
         cache = redis_cache(embedder, f"redis://127.0.0.1:{port}/0", "plain")
         with caplog.at_level(logging.ERROR):
-            assert cache.store(chat("What is the refund policy?"), answer()).stored
-            assert cache.lookup(chat("what is the refund policy")).tier == "exact"
-            assert not cache.lookup(chat("Can you tell me the refund policy?")).hit
+            assert cache.store(request_for(cache, "What is the refund policy?"), answer()).stored
+            assert cache.lookup(request_for(cache, "what is the refund policy")).tier == "exact"
+            assert not cache.lookup(request_for(cache, "Can you tell me the refund policy?")).hit
         assert "no query engine" in caplog.text
 
 
@@ -260,8 +255,8 @@ def test_async_lookups_do_not_block_the_event_loop(
     cache = redis_cache(fresh, redis_url, redis_prefix)
 
     async def work() -> None:
-        await cache.astore(chat("What is the status of ticket 7?"), answer("Open"))
+        await cache.astore(request_for(cache, "What is the status of ticket 7?"), answer("Open"))
         for i in range(5):
-            await cache.alookup(chat(f"What is the status of ticket {i} in the billing queue?"))
+            await cache.alookup(request_for(cache, f"What is the status of ticket {i} in the billing queue?"))
 
     assert loop_turns_during(work) > 10  # the loop kept turning while Redis and the embedder worked

@@ -77,10 +77,19 @@ def test_final_turn_not_from_the_user_is_exact_only() -> None:
     assert canon.semantic_text is None and canon.skip_semantic == "last_message_not_user"
 
 
-@pytest.mark.parametrize("bad", [{}, {"messages": []}, {"messages": "hi"}, {"messages": ["hi"]}, "not a dict"])
-def test_unusable_requests_raise_a_clear_error(bad: Any) -> None:
-    with pytest.raises(InvalidRequest):
+@pytest.mark.parametrize("bad", ["not a dict", ["a", "list"], None])
+def test_what_is_not_a_request_is_a_clear_error(bad: Any) -> None:
+    with pytest.raises(InvalidRequest, match="a chat request is a mapping"):
         canonicalize(bad)
+
+
+@pytest.mark.parametrize("bad", [{}, {"messages": []}, {"messages": "hi"}, {"messages": ["hi"]}])
+def test_unreadable_messages_are_marked_invalid_but_keep_their_owners(bad: dict[str, Any]) -> None:
+    canon = canonicalize({**bad, "model": "gpt-4o", "metadata": {"tenant": "acme", "agent": "triage"}})
+    assert canon.invalid is not None and canon.semantic_text is None
+    assert (canon.model, canon.tenant, canon.namespace) == ("gpt-4o", "acme", "triage")
+    other = canonicalize({**bad, "model": "gpt-4o", "metadata": {"tenant": "globex", "agent": "triage"}})
+    assert other.exact_key != canon.exact_key  # never one key for all invalid requests
 
 
 def test_litellm_style_and_metadata_controls() -> None:

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import answer, chat, make_cache
-from thrifty.cache import Completion
+from conftest import answer, chat, make_gate, request_for
+from thrifty.completion import Completion
 from thrifty.embedder import SentenceTransformerEmbedder
-from thrifty.gate import Thrifty
+from thrifty.request import canonicalize
 from thrifty.router import Router, RouterError, validation_failure
 from thrifty.router_eval import quality_curve, random_share
 from thrifty.scoring import Features, LabelledPrompt, LearnedScorer, RulesScorer, read_labelled_csv
@@ -165,8 +165,7 @@ def test_valid_answers_and_user_validators() -> None:
 
 
 def test_the_gate_routes_and_escalates_on_validation_failure(embedder: SentenceTransformerEmbedder) -> None:
-    cache = make_cache(embedder, router={"enabled": True, "tiers": TIERS, "thresholds": [0.99, 0.999]})
-    gate = Thrifty(cache=cache)
+    gate = make_gate(embedder, router={"enabled": True, "tiers": TIERS, "thresholds": [0.99, 0.999]})
     models: list[str] = []
 
     async def upstream(call: dict[str, Any]) -> Completion:
@@ -180,25 +179,25 @@ def test_the_gate_routes_and_escalates_on_validation_failure(embedder: SentenceT
     assert isinstance(result, Completion) and result.text == '{"total": 42}'
     assert models == ["gpt-4o-mini", "gpt-4.1-mini"]
     assert gate.ledger.totals().escalations == 1
-    assert [e.detail for e in gate.ledger.events() if e.kind == "escalation"] == ["invalid_json: cheap -> mid"]
-    hit = gate.cache.lookup(request)  # the good answer is cached under the requested model, "auto"
+    escalated = [e.detail for e in gate.ledger.events() if e.kind == "call" and e.outcome == "escalated"]
+    assert escalated == ["invalid_json: cheap -> mid"]
+    hit = gate.cache.lookup(canonicalize(request))  # the good answer is cached under the requested model, "auto"
     assert hit.hit and hit.answer == {"role": "assistant", "content": '{"total": 42}'}
 
 
 def test_an_answer_failing_on_the_top_tier_is_returned_but_not_cached(embedder: SentenceTransformerEmbedder) -> None:
-    cache = make_cache(embedder, router={"enabled": True, "tiers": TIERS, "thresholds": [0.0, 0.0]})
-    gate = Thrifty(cache=cache)
+    gate = make_gate(embedder, router={"enabled": True, "tiers": TIERS, "thresholds": [0.0, 0.0]})
 
     async def upstream(call: dict[str, Any]) -> Completion:
         return answer("I'm sorry, but I can't help with that.")
 
     result = asyncio.run(gate.acall(chat("Do the impossible", model="auto"), upstream))
     assert isinstance(result, Completion) and "sorry" in result.text
-    assert not gate.cache.lookup(chat("Do the impossible", model="auto")).hit
+    assert not gate.cache.lookup(request_for(gate.cache, "Do the impossible", model="auto")).hit
 
 
 def test_requests_naming_a_model_are_not_routed(embedder: SentenceTransformerEmbedder) -> None:
-    gate = Thrifty(cache=make_cache(embedder, router={"enabled": True, "tiers": TIERS}))
+    gate = make_gate(embedder, router={"enabled": True, "tiers": TIERS})
     seen: list[str] = []
 
     def upstream(call: dict[str, Any]) -> Completion:

@@ -1,0 +1,82 @@
+"""The books: money and the record of every call, kept in one place.
+
+:class:`CallBooks` is the one place where a call is priced, where its cost is settled against the
+budgets, and where it is written to the ledger - in that order, with the same number. Every call
+that reaches upstream is recorded when its cost is settled, whatever became of it (answered,
+rejected by validation, escalated from, failed), so the ledger's spend and the budgets' books
+agree by construction. The gate also records here what it avoided: cache hits, joined calls,
+near duplicates the verifier refused, and calls a budget refused.
+
+Tickets see these books through :class:`thrifty.ticket.Books`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from .budget import Budget, BudgetExceeded, Reservation
+from .cache import Lookup
+from .completion import Completion
+from .ledger import CallOutcome, EventKind, Ledger, LedgerEvent
+from .pricing import PriceTable
+from .request import CanonicalRequest
+
+
+class CallBooks:
+    """Prices, budgets and the ledger of one gate. Thread-safe (each part is)."""
+
+    def __init__(self, prices: PriceTable, budget: Budget, ledger: Ledger) -> None:
+        self.prices = prices
+        self.budget = budget
+        self.ledger = ledger
+
+    # ------------------------------------------------------------------ calls (thrifty.ticket.Books)
+    def reserve(self, request: Mapping[str, Any], canonical: CanonicalRequest,
+                model: str | None) -> Reservation | None:
+        if not self.budget.active:
+            return None
+        return self.budget.reserve(request, canonical, model)
+
+    def settle(self, canonical: CanonicalRequest, reservation: Reservation | None, completion: Completion, *,
+               model: str | None, outcome: CallOutcome, detail: str = "") -> Completion:
+        priced = self.prices.priced(completion, model)
+        cost = priced.cost or 0.0
+        if reservation is not None:
+            self.budget.settle(reservation, cost)
+        self._record(canonical, "call", model=priced.model, prompt_tokens=priced.prompt_tokens,
+                     completion_tokens=priced.completion_tokens, cost=cost, outcome=outcome, detail=detail)
+        return priced
+
+    def release(self, reservation: Reservation | None) -> None:
+        if reservation is not None:
+            self.budget.release(reservation)
+
+    def record(self, canonical: CanonicalRequest, *, model: str | None, outcome: CallOutcome,
+               detail: str = "") -> None:
+        self._record(canonical, "call", model=model, outcome=outcome, detail=detail)
+
+    # ------------------------------------------------------------------ calls avoided
+    def refused(self, canonical: CanonicalRequest, model: str | None, refusal: BudgetExceeded) -> None:
+        """A budget refused the call (after any downgrade): it was not made."""
+        self._record(canonical, "budget_refused", model=model, detail=str(refusal),
+                     cost=refusal.cost if math.isfinite(refusal.cost) else 0.0)
+
+    def looked_up(self, canonical: CanonicalRequest, found: Lookup) -> None:
+        """A cache lookup's outcome: a hit saved a call; a refusal is worth knowing about."""
+        if found.hit:
+            self._record(canonical, "cache_hit", model=canonical.model, saved=found.saved_cost,
+                         saved_tokens=found.saved_tokens, detail=found.reason)
+        elif found.refused:
+            first = found.refused[0]
+            self._record(canonical, "refused", model=canonical.model, detail=f"{first.reason}: {first.text}")
+
+    def joined(self, canonical: CanonicalRequest, completion: Completion) -> None:
+        """A caller got the answer of an identical call in flight: it saved that call's cost."""
+        self._record(canonical, "joined", model=completion.model or canonical.model, saved=completion.cost or 0.0,
+                     saved_tokens=completion.tokens)
+
+    def _record(self, canonical: CanonicalRequest, kind: EventKind, **fields: Any) -> None:
+        self.ledger.record(LedgerEvent(kind, agent=canonical.namespace, workflow=canonical.workflow,
+                                       tenant=canonical.tenant, user=canonical.user, **fields))
