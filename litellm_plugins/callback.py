@@ -227,9 +227,9 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
                   recall: Recall | None, recall_model: str | None, reroute: bool) -> CallState:
         state = CallState(decision, recall_kwargs=user_kwargs(kwargs), recall=recall, recall_model=recall_model,
                           reroute=reroute)
-        if call_id is None:  # nothing will find it again: finish what can be finished now
+        if call_id is None:  # no later hook could find this decision: the call goes through untouched
             if isinstance(decision, Ticket):
-                decision.fail(CallAbandoned("a LiteLLM call without a litellm_call_id"))
+                decision.abandon()
                 state.decision = None
             return state
         with self._lock:

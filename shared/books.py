@@ -39,15 +39,16 @@ class CallBooks:
             return None
         return self.budget.reserve(request, canonical, model)
 
-    def settle(self, canonical: CanonicalRequest, reservation: Reservation | None, completion: Completion, *,
-               model: str | None, outcome: CallOutcome, detail: str = "") -> Completion:
-        priced = self.prices.priced(completion, model)
+    def price(self, completion: Completion, model: str | None) -> Completion:
+        return self.prices.priced(completion, model)
+
+    def settle(self, canonical: CanonicalRequest, reservation: Reservation | None, priced: Completion, *,
+               outcome: CallOutcome, detail: str = "") -> None:
         cost = priced.cost or 0.0
         if reservation is not None:
             self.budget.settle(reservation, cost)
         self._record(canonical, "call", model=priced.model, prompt_tokens=priced.prompt_tokens,
                      completion_tokens=priced.completion_tokens, cost=cost, outcome=outcome, detail=detail)
-        return priced
 
     def release(self, reservation: Reservation | None) -> None:
         if reservation is not None:

@@ -198,7 +198,7 @@ class Thrifty:
                 completion = upstream(decision.call_request())
             except BaseException as exc:
                 fallback = decision.fail(exc)
-                if fallback is None:
+                if fallback is None or not isinstance(exc, Exception):
                     raise
                 return fallback
             if not decision.answered(completion):
@@ -215,7 +215,7 @@ class Thrifty:
                 completion = await upstream(decision.call_request())
             except BaseException as exc:
                 fallback = await decision.afail(exc)
-                if fallback is None:
+                if fallback is None or not isinstance(exc, Exception):
                     raise
                 return fallback
             if not await decision.aanswered(completion):
@@ -324,6 +324,8 @@ class Thrifty:
         except BudgetExceeded as refused:
             self.books.refused(canon, ticket.model, refused)
             raise
+        if ticket.done:  # abandoned while this ran in a thread (its caller was cancelled): give it back
+            self.books.release(ticket.reservation)
         return ticket
 
     def _reserve(self, ticket: Ticket) -> Reservation | None:

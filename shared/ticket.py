@@ -12,11 +12,11 @@ with ``a``-prefixed twins for async code. A ticket ends once; later calls do not
 dropped without ending leaves its followers to time out (locally) or take over (through Redis),
 and its reservation to lapse after ``budget.reservation_ttl``.
 
-Ending a ticket, in order: the call is priced, settled against the budgets and recorded in the
-ledger (:class:`Books`, the gate's side: reserve, settle, release, record); its answer goes to the
-callers waiting in this process, then to those in other processes (:class:`Leading`); a usable
-answer is stored (:class:`AnswerStore`, the cache); the flight ends. A ticket knows nothing else
-of the gate.
+Ending a ticket, in order: the answer is priced; it goes to the callers waiting in this process,
+then to those in other processes (:class:`Leading`); the call is settled against the budgets and
+recorded in the ledger at that price (:class:`Books`, the gate's side: reserve, price, settle,
+release, record); a usable answer is stored (:class:`AnswerStore`, the cache); the flight ends. A
+ticket knows nothing else of the gate.
 """
 
 from __future__ import annotations
@@ -52,10 +52,14 @@ class Books(Protocol):
         applies (None when no budget is configured). Raises :class:`~thrifty.budget.BudgetExceeded`."""
         ...
 
-    def settle(self, canonical: CanonicalRequest, reservation: Reservation | None, completion: Completion, *,
-               model: str | None, outcome: CallOutcome, detail: str = "") -> Completion:
-        """The call was made and answered ``completion``: price it, settle ``reservation`` to that
-        price and record the call. Returns ``completion`` labelled with its model and cost."""
+    def price(self, completion: Completion, model: str | None) -> Completion:
+        """``completion`` labelled with the model that produced it and what it cost."""
+        ...
+
+    def settle(self, canonical: CanonicalRequest, reservation: Reservation | None, priced: Completion, *,
+               outcome: CallOutcome, detail: str = "") -> None:
+        """The call was made and answered ``priced`` (see :meth:`price`): settle ``reservation``
+        to its cost and record the call at that cost."""
         ...
 
     def release(self, reservation: Reservation | None) -> None:
@@ -192,9 +196,9 @@ class Ticket:
             reservation = self._books.reserve(self.request, self.canonical, upper.model)
         except BudgetExceeded:
             return False
-        self._fallback = self._books.settle(self.canonical, self.reservation, self._counted(failed),
-                                            model=self.model, outcome="escalated",
-                                            detail=f"{reason}: {tier.name} -> {upper.name}")
+        self._fallback = self._priced(failed)
+        self._books.settle(self.canonical, self.reservation, self._fallback, outcome="escalated",
+                           detail=f"{reason}: {tier.name} -> {upper.name}")
         if self.features is not None:
             router.escalated(self.features, tier)
         self.escalations.append(reason)
@@ -269,14 +273,14 @@ class Ticket:
             return
         lead = self._leading
         try:
-            settled = self._books.settle(self.canonical, self.reservation, self._counted(completion),
-                                         model=self.model, outcome="ok" if rejected is None else "rejected",
-                                         detail=rejected or "")
-            if lead is not None:
-                lead.flight.resolve(settled, release=False)  # joinable until the answer is stored
-                yield _Finish(settled)
+            priced = self._priced(completion)
+            if lead is not None:  # the followers first: they are waiting
+                lead.flight.resolve(priced, release=False)  # joinable until the answer is stored
+                yield _Finish(priced)
+            self._books.settle(self.canonical, self.reservation, priced,
+                               outcome="ok" if rejected is None else "rejected", detail=rejected or "")
             if rejected is None:
-                yield _Store(settled)
+                yield _Store(priced)
         finally:
             if lead is not None:
                 lead.end()
@@ -309,8 +313,9 @@ class Ticket:
             return True, None
         return False, failure
 
-    def _counted(self, completion: Completion) -> Completion:
-        return with_usage(completion, self.request, self.model)
+    def _priced(self, completion: Completion) -> Completion:
+        """The answer with its tokens (estimated when the provider gave none), model and cost."""
+        return self._books.price(with_usage(completion, self.request, self.model), self.model)
 
     def _end_once(self) -> bool:
         with self._lock:
