@@ -60,7 +60,7 @@ class NearDuplicateFlights:
         with self._lock:
             scope = self._scope_of.pop(key, None)
             in_flight = self._by_scope.get(scope) if scope is not None else None
-            if in_flight is not None:
+            if scope is not None and in_flight is not None:
                 in_flight.pop(key, None)
                 if not in_flight:
-                    del self._by_scope[scope]  # type: ignore[arg-type]
+                    del self._by_scope[scope]
