@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 import yaml
-from conftest import REPO, Standin, wait_for
+from conftest import REPO, Standin, async_wait_for, wait_for
 from proxy_process import ProxyProcess, proxy_available
 
 pytestmark = pytest.mark.slow
@@ -257,9 +257,16 @@ def workers_seen(proxy: ProxyProcess) -> set[str]:
     return set((proxy.log.parent / "pids.log").read_text().split())
 
 
+def requests_seen(proxy: ProxyProcess) -> int:
+    """How many requests the workers have taken so far (each writes its pid on arrival)."""
+    pids = proxy.log.parent / "pids.log"
+    return len(pids.read_text().split()) if pids.is_file() else 0
+
+
 async def burst_on_own_connections(proxy: ProxyProcess, texts: list[str]) -> list[tuple[int, str]]:
-    """Each text from a client of its own (a connection of its own, to either worker), all at
-    once: (HTTP status, x-thrifty-decision or the error message) for each."""
+    """Each text from a client of its own (a connection of its own, to either worker), sent as
+    soon as the one before it reached a worker - so that requests overlap, and a worker busy with
+    one leaves the next to the other: (HTTP status, x-thrifty-decision or the error message)."""
     async def one(text: str) -> tuple[int, str]:
         async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=proxy.master_key, max_retries=0) as own:
             try:
@@ -269,7 +276,15 @@ async def burst_on_own_connections(proxy: ProxyProcess, texts: list[str]) -> lis
                 return error.status_code, str(error)
             return raw.http_response.status_code, str(raw.headers["x-thrifty-decision"])
 
-    return list(await asyncio.gather(*(one(text) for text in texts)))
+    def arrived_after(count: int) -> Callable[[], bool]:
+        return lambda: requests_seen(proxy) > count
+
+    sent = []
+    for text in texts:
+        seen = requests_seen(proxy)
+        sent.append(asyncio.create_task(one(text)))
+        await async_wait_for(arrived_after(seen), what="the request at a worker")
+    return list(await asyncio.gather(*sent))
 
 
 def test_two_workers_share_the_cache_and_single_flight_through_redis(shared_proxy: ProxyProcess,
