@@ -147,12 +147,7 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
                  validator: Validator | None = None, **overrides: Any) -> None:
         super().__init__()
         if gate is None:
-            if isinstance(settings, ThriftySettings):
-                if overrides:
-                    settings = ThriftySettings.from_mapping(settings.model_dump(exclude_unset=True), **overrides)
-            else:
-                settings = ThriftySettings.load(settings, **overrides)
-            gate = Thrifty(settings, validator=validator)
+            gate = Thrifty(ThriftySettings.resolve(settings, **overrides), validator=validator)
         self.gate = gate
         self.cache = ThriftyCache(self)
         self._calls: dict[str, CallState] = {}

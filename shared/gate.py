@@ -50,7 +50,7 @@ from typing import Any, Literal
 
 from .books import CallBooks
 from .budget import Budget, BudgetExceeded, Reservation, make_budget_store
-from .cache import Lookup, SemanticCache
+from .cache import Lookup, SemanticCache, Stored
 from .completion import Completion
 from .embedder import Embedder, SentenceTransformerEmbedder
 from .flights import Flights, local_lease, make_flights
@@ -65,6 +65,7 @@ from .settings import ThriftySettings
 from .singleflight import Flight, FlightTable
 from .store import Store
 from .ticket import Leading, Ticket
+from .tokens import with_usage
 from .upstream import is_deterministic
 from .vectors import Vector
 from .verifier import Verifier, default_verifier
@@ -80,6 +81,19 @@ class Reused:
     saved_tokens: int
     similarity: float | None = None
     lookup: Lookup | None = None
+
+
+class _NotStored:
+    """Where an accounted call's answer goes: nowhere (the framework that made it caches it, if at all)."""
+
+    def store(self, request: CanonicalRequest, completion: Completion) -> Stored:
+        return Stored(False, "accounted_only")
+
+    async def astore(self, request: CanonicalRequest, completion: Completion) -> Stored:
+        return Stored(False, "accounted_only")
+
+
+_NOT_STORED = _NotStored()
 
 
 # What a decision asks its driver for (thrifty.plan); the decision itself is written once, in _plan.
@@ -221,19 +235,71 @@ class Thrifty:
             if not await decision.aanswered(completion):
                 return completion
 
+    def lookup(self, request: Mapping[str, Any]) -> Reused | None:
+        """A stored answer for ``request``, and nothing else: no join, no routing, no budget.
+
+        For frameworks whose cache hook cannot see a call fail (LangChain's ``BaseCache``): a
+        join or a reservation made there could never be ended. They make the call themselves and
+        hand its answer to :meth:`store`. The hit, and what it saved, is in the ledger.
+        """
+        return run(self._lookup_plan(request), self._perform)
+
+    async def alookup(self, request: Mapping[str, Any]) -> Reused | None:
+        """Async twin of :meth:`lookup`."""
+        return await arun(self._lookup_plan(request), self._aperform)
+
+    def store(self, request: Mapping[str, Any], completion: Completion) -> Stored:
+        """``request`` was answered ``completion`` by a call thrifty did not make: keep the answer,
+        priced, for later requests. The call itself is not recorded in the ledger: whoever made it
+        records it (a framework's callback handler), so that nothing is counted twice."""
+        canon = canonicalize(request, self.settings)
+        return self.cache.store(canon, self.books.price(with_usage(completion, request, completion.model),
+                                                        completion.model))
+
+    async def astore(self, request: Mapping[str, Any], completion: Completion) -> Stored:
+        """Async twin of :meth:`store`."""
+        canon = canonicalize(request, self.settings)
+        return await self.cache.astore(canon, self.books.price(with_usage(completion, request, completion.model),
+                                                               completion.model))
+
+    def account(self, request: Mapping[str, Any]) -> Ticket:
+        """A ticket for a call thrifty does not decide - a framework makes it with its own model -
+        so that budgets hold for it and the ledger records it.
+
+        Its worst case on ``request["model"]`` is reserved against every budget that applies
+        (``BudgetExceeded`` when it does not fit: the call must not be made), and its cost is
+        settled and recorded when the ticket ends (``complete`` / ``fail``). No cache, no join,
+        no routing: nothing is stored. Blocking (the budget's store may be Redis).
+        """
+        canon = canonicalize(request, self.settings)
+        ticket = Ticket(request, canon, why="accounted", books=self.books, cache=_NOT_STORED)
+        return self._prepare(ticket, None, None)
+
     def close(self) -> None:
         self.cache.close()
         self.flights.close()
 
     # ------------------------------------------------------------------ the decision
+    def _lookup_plan(self, request: Mapping[str, Any]) -> Plan[Reused | None]:
+        canon = canonicalize(request, self.settings)
+        found: Lookup = yield _Lookup(canon)
+        return self._reused(canon, found)
+
+    def _reused(self, canon: CanonicalRequest, found: Lookup) -> Reused | None:
+        """The answer a lookup found, recorded in the ledger; None on a miss."""
+        self.books.looked_up(canon, found)
+        if found.hit and found.answer is not None and found.tier is not None:
+            return Reused(found.answer, found.tier, found.saved_cost, found.saved_tokens, found.similarity, found)
+        return None
+
     def _plan(self, request: Mapping[str, Any]) -> Plan[Reused | Ticket]:
         canon = canonicalize(request, self.settings)
         deadline: float | None = None
         while True:  # once; again when a leader we waited for failed in a way worth retrying
             found: Lookup = yield _Lookup(canon)
-            self.books.looked_up(canon, found)
-            if found.hit and found.answer is not None and found.tier is not None:
-                return Reused(found.answer, found.tier, found.saved_cost, found.saved_tokens, found.similarity, found)
+            reused = self._reused(canon, found)
+            if reused is not None:
+                return reused
             vector = found.vector
             alone = self._never_join(canon, request)
             if alone:

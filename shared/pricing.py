@@ -30,14 +30,20 @@ class Price:
     max_output_tokens: int | None = None
 
 
-@lru_cache(maxsize=1)
-def _litellm_cost_map() -> dict[str, Any]:
+def litellm_module() -> Any | None:
+    """LiteLLM, imported with its bundled cost map (``LITELLM_LOCAL_MODEL_COST_MAP=True`` unless the
+    user set it: nothing is fetched), or None when it is not installed. The core never needs it."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     try:
         import litellm
     except Exception:  # noqa: BLE001 - litellm is optional for the core
-        return {}
-    cost_map = getattr(litellm, "model_cost", None)
+        return None
+    return litellm
+
+
+@lru_cache(maxsize=1)
+def _litellm_cost_map() -> dict[str, Any]:
+    cost_map = getattr(litellm_module(), "model_cost", None)
     return dict(cost_map) if isinstance(cost_map, dict) else {}
 
 

@@ -14,8 +14,11 @@ A chat request (OpenAI wire format: ``model``, ``messages`` with string or list 
   images, audio or files.
 
 Alongside, the request's *owners* (tenant, user, agent, workflow) and per-request controls are
-read: what budgets and the ledger count against. The gate canonicalises every request once, and
-every part (cache, single-flight, router, budgets, ledger) reads this one result.
+read: what budgets and the ledger count against. An adapter whose framework has more
+configuration than the OpenAI fields (a LangChain model's constructor arguments, say) puts it under
+:data:`SCOPE_EXTRA`: it is part of the scope, so answers are reused only when it matches too.
+The gate canonicalises every request once, and every part (cache, single-flight, router,
+budgets, ledger) reads this one result.
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ OUTPUT_PARAMS = (
     "thinking", "modalities", "audio", "prediction", "verbosity", "web_search_options",
     "safety_identifier", "service_tier", "extra_body",
 )
+
+
+# The request key under which an adapter passes anything else of the caller's configuration that
+# must match for an answer to be reused (it is never sent upstream by thrifty).
+SCOPE_EXTRA = "thrifty_scope"
 
 
 class InvalidRequest(ValueError):
@@ -76,7 +84,8 @@ def canonicalize(request: Mapping[str, Any], settings: ThriftySettings | None = 
     workflow (``budget.workflow_keys``), and what counts as personal data. Per-request controls
     are read the way LiteLLM spells them, ``cache={"no-cache": True, "no-store": True, "ttl": 60,
     "namespace": "billing"}``, and also from ``metadata["thrifty"]`` with ``no_cache`` /
-    ``no_store`` / ``ttl`` keys.
+    ``no_store`` / ``ttl`` / ``namespace`` / ``exact_only`` keys (``exact_only``: reuse an answer
+    only for the identical request, never by meaning).
 
     A mapping whose messages cannot be read (none, not a list, a message that is not a mapping)
     is still canonicalised, marked ``invalid``: its model, owners and controls are read, its exact
@@ -130,6 +139,8 @@ def canonicalize(request: Mapping[str, Any], settings: ThriftySettings | None = 
     }
     if personal:
         scope_doc["user"] = user
+    if request.get(SCOPE_EXTRA) is not None:
+        scope_doc["extra"] = request[SCOPE_EXTRA]
     scope = _digest(scope_doc)
     exact_key = _digest({"scope": scope, "text": normalize_for_key(text)})
 
@@ -140,6 +151,8 @@ def canonicalize(request: Mapping[str, Any], settings: ThriftySettings | None = 
         skip = "non_text_content"
     elif not text.strip():
         skip = "empty_text"
+    elif controls.get("exact_only"):
+        skip = "exact_only"
     return CanonicalRequest(scope=scope, exact_key=exact_key, text=text,
                             semantic_text=None if skip else text.strip(), skip_semantic=skip,
                             personal=personal, **owners)
@@ -177,7 +190,7 @@ def _controls(request: Mapping[str, Any], metadata: Mapping[str, Any]) -> dict[s
         controls["namespace"] = litellm_style.get("namespace")
     ours = metadata.get("thrifty")
     if isinstance(ours, Mapping):
-        for key in ("no_cache", "no_store", "ttl", "namespace"):
+        for key in ("no_cache", "no_store", "ttl", "namespace", "exact_only"):
             if ours.get(key) is not None:
                 controls[key] = ours[key]
     return controls

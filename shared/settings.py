@@ -299,6 +299,21 @@ class ThriftySettings(BaseSettings):
             _MAPPING.reset(token)
 
     @classmethod
+    def resolve(cls, settings: ThriftySettings | str | Path | None = None, **overrides: Any) -> ThriftySettings:
+        """Settings however a user hands them to an adapter: a settings object (``overrides`` on
+        top), the path of a YAML file with a ``thrifty:`` section, or None (the environment and
+        the defaults), with keyword overrides such as ``cache={"ttl_seconds": 600}``.
+
+        Raises:
+            SettingsError: a value is invalid, a field is unknown, or the file cannot be read.
+        """
+        if isinstance(settings, ThriftySettings):
+            if not overrides:
+                return settings
+            return cls.from_mapping(settings.model_dump(exclude_unset=True), **overrides)
+        return cls.load(settings, **overrides)
+
+    @classmethod
     def load(cls, path: str | Path | None = None, *, section: str = "thrifty", **overrides: Any) -> ThriftySettings:
         """Settings from ``path``'s ``section`` (if given), the environment and ``overrides``.
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .completion import Completion
+from .pricing import litellm_module
 
 
 def prompt_tokens(request: Mapping[str, Any], model: str | None) -> int:
@@ -15,9 +16,10 @@ def prompt_tokens(request: Mapping[str, Any], model: str | None) -> int:
     (offline, with its bundled tokenizers), otherwise one token per three characters (an
     overestimate, which is the safe side for a budget's worst case)."""
     messages = request.get("messages") or []
+    litellm = litellm_module()
     try:
-        import litellm
-
+        if litellm is None:
+            raise ImportError("litellm is not installed")
         counted = litellm.token_counter(model=model or "gpt-4o", messages=messages, tools=request.get("tools"))
         return int(counted)
     except Exception:  # noqa: BLE001 - no LiteLLM, or it cannot count this model: estimate

@@ -15,7 +15,9 @@ answered what. Directives in the last user message change the behaviour:
 * ``[delay:<seconds>]``: wait before answering (a slow provider);
 * ``[hold:<name>]``: wait before answering until ``POST /release/<name>`` (at once if it came
   before): a test answers when it has seen what it waits for, not after a guessed delay;
-* ``[cut:<n>]`` with ``stream``: break the connection after ``n`` chunks (no finish_reason, no ``[DONE]``).
+* ``[cut:<n>]`` with ``stream``: break the connection after ``n`` chunks (no finish_reason, no ``[DONE]``);
+* ``[tool:<name>]`` with a tool of that name in ``tools``: answer with a call of it (not streamed),
+  its arguments ``{"query": <question>}``.
 
 A request with ``response_format`` of type ``json_object`` or ``json_schema`` gets the answer as
 ``{"answer": "..."}``. Usage counts are one token per four characters, at least one.
@@ -37,7 +39,7 @@ from typing import Any
 
 from aiohttp import web
 
-_DIRECTIVE = re.compile(r"\[(refuse-if|status|delay|hold|cut):([^\]]+)\]")
+_DIRECTIVE = re.compile(r"\[(refuse-if|status|delay|hold|cut|tool):([^\]]+)\]")
 CALLS: Counter[str] = Counter()
 FLIGHT = {"now": 0, "max": 0}  # requests being answered at once, and the most there were
 RELEASES: dict[str, asyncio.Event] = {}
@@ -112,6 +114,17 @@ async def _answer(request: web.Request, body: dict[str, Any], model: str) -> web
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     ident = f"chatcmpl-standin{CALLS.total()}"
     created = int(time.time())
+    tool = directives.get("tool")
+    if tool and not body.get("stream") and any((t.get("function") or {}).get("name") == tool
+                                                for t in body.get("tools") or []):
+        plain = _DIRECTIVE.sub("", _last_user_text(body.get("messages") or [])).strip()
+        call = {"id": f"call_standin{CALLS.total()}", "type": "function",
+                "function": {"name": tool, "arguments": json.dumps({"query": plain})}}
+        return web.json_response({
+            "id": ident, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                         "finish_reason": "tool_calls", "logprobs": None}],
+            "usage": usage, "system_fingerprint": "fp_standin"})
     if not body.get("stream"):
         return web.json_response({
             "id": ident, "object": "chat.completion", "created": created, "model": model,

@@ -13,14 +13,13 @@ with a live stand-in provider (tests/standin_server.py) with
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cassette
 import litellm
 import pytest
-import vcr
 from conftest import REPO, SYSTEM, async_wait_for, wait_for
 from litellm.exceptions import BudgetExceededError as LiteLLMBudgetExceededError
 from litellm.integrations.custom_logger import CustomLogger
@@ -28,58 +27,26 @@ from thrifty.budget import BudgetExceeded
 from thrifty.embedder import SentenceTransformerEmbedder
 from thrifty.gate import Thrifty
 from thrifty.settings import ThriftySettings
-from vcr.cassette import Cassette
-from vcr.request import Request
 
 import litellm_plugins
 from litellm_plugins import BudgetExceededError, ThriftyCallback
 
-RECORDING = os.environ.get("THRIFTY_RECORD_CASSETTES") == "1"
 CASSETTES = REPO / "cassettes" / "test_litellm_sdk"
-REPLAY_BASE = "http://standin.invalid/v1"  # nothing listens there: only vcrpy can answer
 MODEL = "openai/gpt-4o-mini"
 
 
-def _anonymise(request: Request) -> Request:
-    request.uri = request.uri.replace(request.uri.split("/v1/")[0], "http://standin.invalid")
-    return request
-
-
-class Provider:
-    """Where the test's calls go: a cassette being replayed (or recorded from the stand-in)."""
-
-    def __init__(self, cassette: Cassette, api_base: str) -> None:
-        self.cassette = cassette
-        self.api_base = api_base
-
+class Provider(cassette.Provider):
     def call(self, text: str, **kwargs: Any) -> dict[str, Any]:
         """Keyword arguments for a chat call asking ``text``."""
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
         return {"model": MODEL, "messages": messages, "api_base": self.api_base, "api_key": "sk-standin", **kwargs}
 
-    @property
-    def played(self) -> int:
-        """Exchanges with the provider so far (recorded ones, when recording)."""
-        return len(self.cassette) if RECORDING else int(self.cassette.play_count)
-
-    def assert_all_played(self, expected: int) -> None:
-        assert len(self.cassette) == expected, f"the cassette holds {len(self.cassette)} exchanges"
-        assert self.played == expected and (RECORDING or self.cassette.all_played)
-
 
 @pytest.fixture
 def provider(request: pytest.FixtureRequest) -> Iterator[Provider]:
-    path = CASSETTES / f"{request.node.name}.yaml"
-    if RECORDING:
-        api_base = request.getfixturevalue("standin").url
-        path.unlink(missing_ok=True)
-    else:
-        api_base = REPLAY_BASE
-    recorder = vcr.VCR(record_mode="all" if RECORDING else "none", match_on=["method", "path", "body"],
-                       filter_headers=["authorization", "cookie", "set-cookie", "host"],
-                       before_record_request=_anonymise, decode_compressed_response=True)
-    with recorder.use_cassette(str(path), allow_playback_repeats=False) as cassette:
-        yield Provider(cassette, api_base)
+    with cassette.recorded(request, CASSETTES, Provider) as recorded:
+        assert isinstance(recorded, Provider)
+        yield recorded
 
 
 def _gate(embedder: SentenceTransformerEmbedder, tmp_path: Path, **settings: Any) -> Thrifty:
