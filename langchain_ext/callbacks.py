@@ -11,7 +11,9 @@ caller; ``langchain_core/callbacks/manager.py``, ``handle_event`` / ``_ahandle_e
 When the call ends, its real cost - from the answer's ``usage_metadata``, else the
 ``token_usage`` in ``llm_output`` - is settled and recorded in thrifty's ledger by agent (the
 run's ``agent`` metadata or LangGraph node), workflow (a metadata key such as ``workflow_id``,
-else the root run's id) and tenant; a failed call releases its reservation.
+else the root run's id) and tenant; a failed call releases its reservation, and so does an answer
+LangChain's cache gave (no call was made). LangChain runs these callbacks before its cache lookup:
+a call the budget refuses is refused even when the cache would have answered it.
 
 Runs of a :class:`~langchain_ext.CostRouter`, and the tier calls it makes, are thrifty's own and
 already in its books: the handler leaves them alone.
@@ -90,9 +92,14 @@ class ThriftyCallbackHandler(BaseCallbackHandler):
         self._begin([HumanMessage(prompts[0] if prompts else "")], run_id, parent_run_id, metadata, kwargs)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        """Settle the call at its real cost and record it."""
+        """Settle the call at its real cost and record it; an answer from LangChain's cache was no
+        call: its reservation is given back and nothing is recorded."""
         ticket = self._take(run_id)
-        if ticket is not None:
+        if ticket is None:
+            return
+        if _from_a_cache(response):
+            ticket.abandon()
+        else:
             ticket.complete(_completion(response, ticket.model))
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
@@ -130,6 +137,15 @@ def _thriftys_own(serialized: Mapping[str, Any] | None, tags: Sequence[str] | No
     named = (serialized or {}).get("name")
     return (bool(ident) and ident[-1] == "CostRouter") or named == "CostRouter" or any(
         tag.startswith(_TIER_TAG) for tag in tags or ())
+
+
+def _from_a_cache(response: LLMResult) -> bool:
+    """Whether LangChain answered from its cache: it marks such answers with a zero
+    ``usage_metadata["total_cost"]`` (``BaseChatModel._convert_cached_generations``)."""
+    first = response.generations[0][0] if response.generations and response.generations[0] else None
+    message = first.message if isinstance(first, ChatGeneration) else None
+    usage: Mapping[str, Any] = (message.usage_metadata or {}) if isinstance(message, AIMessage) else {}
+    return usage.get("total_cost") == 0
 
 
 def _completion(response: LLMResult, model: str | None) -> Completion:

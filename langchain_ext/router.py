@@ -30,7 +30,7 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, ensure_config
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr
 from thrifty import Completion, Reused, Thrifty, ThriftySettings, Ticket
@@ -41,6 +41,7 @@ from .gate import gate_for
 from .translate import THRIFTY, completion_of, message_of, model_name_of, owners_of, router_request
 
 _PARSE_FAILED = "parsing_error"
+_OWNERS = "thrifty_owners"  # a keyword carrying a stream's metadata to _stream (see CostRouter.stream)
 
 
 class CostRouter(BaseChatModel):
@@ -130,6 +131,18 @@ class CostRouter(BaseChatModel):
         return self._result(await self._gate.acall(request, upstream), calls)
 
     # ------------------------------------------------------------------ streams
+    def stream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
+               stop: list[str] | None = None, **kwargs: Any) -> Iterator[AIMessageChunk]:
+        """As every chat model's; the call's metadata reaches thrifty (LangChain hands a
+        model's ``_stream`` no run manager, ``BaseChatModel.stream``)."""
+        yield from super().stream(input, config, stop=stop, **{_OWNERS: _config_owners(config)}, **kwargs)
+
+    async def astream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
+                      stop: list[str] | None = None, **kwargs: Any) -> AsyncIterator[AIMessageChunk]:
+        """Async twin of :meth:`stream`."""
+        async for chunk in super().astream(input, config, stop=stop, **{_OWNERS: _config_owners(config)}, **kwargs):
+            yield chunk
+
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         if self.structured:  # a structured tier answers whole: nothing to stream but the one answer
@@ -143,12 +156,9 @@ class CostRouter(BaseChatModel):
         chunks: list[AIMessageChunk] = []
         try:
             for chunk in tier.stream(messages, stop=stop, config=self._child_config(run_manager, name), **kwargs):
-                if isinstance(chunk, AIMessageChunk):
+                if isinstance(chunk, AIMessageChunk):  # LangChain reports each chunk to the callbacks
                     chunks.append(chunk)
-                    generation = ChatGenerationChunk(message=chunk)
-                    if run_manager is not None:
-                        run_manager.on_llm_new_token(chunk.text, chunk=generation)
-                    yield generation
+                    yield ChatGenerationChunk(message=chunk)
         except BaseException as exc:
             decision.fail(exc, mid_stream=bool(chunks))
             raise
@@ -174,12 +184,9 @@ class CostRouter(BaseChatModel):
         try:
             async for chunk in tier.astream(messages, stop=stop, config=self._child_config(run_manager, name),
                                             **kwargs):
-                if isinstance(chunk, AIMessageChunk):
+                if isinstance(chunk, AIMessageChunk):  # LangChain reports each chunk to the callbacks
                     chunks.append(chunk)
-                    generation = ChatGenerationChunk(message=chunk)
-                    if run_manager is not None:
-                        await run_manager.on_llm_new_token(chunk.text, chunk=generation)
-                    yield generation
+                    yield ChatGenerationChunk(message=chunk)
         except BaseException as exc:
             await decision.afail(exc, mid_stream=bool(chunks))
             raise
@@ -218,9 +225,12 @@ class CostRouter(BaseChatModel):
 
     def _request(self, messages: Sequence[BaseMessage], stop: list[str] | None,
                  run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
-                 kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        metadata = dict(run_manager.metadata) if run_manager is not None else {}
-        return router_request(self.route, messages, stop, kwargs, self.bound, owners_of(metadata))
+                 kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call as thrifty's request. Takes :data:`_OWNERS` out of ``kwargs`` (they go on to
+        the tier): the owners :meth:`stream` found, when there is no run manager to read them from."""
+        passed = kwargs.pop(_OWNERS, None) or {}
+        metadata = owners_of(run_manager.metadata) if run_manager is not None else dict(passed)
+        return router_request(self.route, messages, stop, kwargs, self.bound, metadata)
 
     def _tier(self, model: str) -> tuple[str, Any]:
         """The tier whose books model name is ``model`` ("<tier>/<model name>")."""
@@ -275,6 +285,11 @@ class CostRouter(BaseChatModel):
                 info[key] = answer[key]
         message = message_of(answer, info, reused=isinstance(result, Reused))
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def _config_owners(config: RunnableConfig | None) -> dict[str, Any]:
+    """The owners in a call's config (merged with the chain's, as LangChain merges them)."""
+    return owners_of(ensure_config(config).get("metadata") or {})
 
 
 def _named(models: Sequence[BaseChatModel]) -> list[tuple[str, BaseChatModel]]:

@@ -88,3 +88,18 @@ def test_run_proxy() -> None:
     assert re.search(r"x-thrifty-tier:\s+cheap\n", out["3"]), out["3"]
     assert "[gpt-4o-mini] Answer to:" in out["3"]
     assert "upstream calls for 3 requests (stand-in): 2" in out["rest"]
+
+
+def test_langchain_example() -> None:
+    output = run_example("langchain_agents.py")
+    out = steps(output)
+    # the two researchers asked at once: one call, one joined; easy questions on the cheap tier
+    assert "research:    call on cheap / joined" in out["1"] and "fact-check:  call" in out["1"]
+    # the reworded question: every step answered from the cache, the streamed summary as chunks
+    assert "research:    cache_hit / cache_hit" in out["3"] and "summarise:   cache_hit (streamed" in out["3"]
+    assert "fact-check:  cache_hit" in out["3"]
+    # another order number: not reused; the hard question: the premium tier
+    assert "call on cheap" in out["4"] and "44922" in out["4"]
+    assert "research:    call on premium / joined" in out["5"]
+    assert "calls that reached the provider  12" in output and "(12 calls in thrifty's ledger)" in output
+    assert "fact-check" in output.split("thrifty report")[-1] and "summarise" in output.split("thrifty report")[-1]

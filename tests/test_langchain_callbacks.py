@@ -81,6 +81,25 @@ def test_a_failed_call_gives_its_reservation_back(embedder: SentenceTransformerE
     assert gate.budget.remaining(canonicalize({"messages": []}))[0][3] == 0  # nothing left reserved
 
 
+def test_an_answer_from_langchains_cache_is_no_call(embedder: SentenceTransformerEmbedder) -> None:
+    from langchain_core.globals import set_llm_cache
+
+    from langchain_ext import ThriftyCache
+
+    gate = gate_with(embedder, budget={"limits": [{"scope": "global", "usd": 1.0}]})
+    set_llm_cache(ThriftyCache(gate=gate))
+    try:
+        model = EchoChatModel(model_name="gpt-4o-mini")
+        handler = ThriftyCallbackHandler(gate=gate)
+        model.invoke(ASK, config={"callbacks": [handler]})
+        model.invoke(ASK, config={"callbacks": [handler]})  # from the cache
+    finally:
+        set_llm_cache(None)
+    totals = gate.ledger.totals()
+    assert len(model.calls) == 1 and totals.calls == 1 and totals.hits == 1
+    assert gate.budget.remaining(canonicalize({"messages": []}))[0][3] == 0
+
+
 def test_a_cost_routers_calls_are_counted_once(embedder: SentenceTransformerEmbedder) -> None:
     gate = gate_with(embedder)
     tiers = {"cheap": EchoChatModel(model_name="gpt-4o-mini"), "premium": EchoChatModel(model_name="gpt-4o")}

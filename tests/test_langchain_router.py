@@ -205,3 +205,16 @@ def test_structured_output_that_does_not_parse_moves_up_a_tier(embedder: Sentenc
     r = router(embedder, calls)
     parsed = r.with_structured_output(Ticket).invoke(ask("File order 44921 as damaged. [tool:Ticket] [refuse-if:mini]"))
     assert isinstance(parsed, Ticket) and calls.models == ["gpt-4o-mini", "gpt-4o"]
+
+
+def test_a_streams_metadata_reaches_thrifty(embedder: SentenceTransformerEmbedder) -> None:
+    """LangChain hands a model's _stream no run manager: the router carries the call's metadata
+    itself, so tenants stay apart for streams too."""
+    calls = Calls()
+    r = router(embedder, calls)
+    list(r.stream(ask(EASY), config={"metadata": {"tenant": "acme"}}))
+    list(r.stream(ask(EASY), config={"metadata": {"tenant": "globex"}}))
+    assert len(calls) == 2
+    replay = list(r.stream(ask(EASY), config={"metadata": {"tenant": "globex"}}))
+    assert len(calls) == 2 and "".join(str(c.content) for c in replay).startswith("[gpt-4o-mini]")
+    assert {e.tenant for e in r.gate.ledger.events() if e.kind == "call"} == {"acme", "globex"}
