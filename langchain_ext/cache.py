@@ -27,7 +27,7 @@ from typing import Any
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from langchain_core.outputs import ChatGeneration
-from thrifty import Reused, Thrifty, ThriftySettings
+from thrifty import Completion, Reused, Thrifty, ThriftySettings
 from thrifty.log_once import LogOnce
 
 from .gate import gate_for
@@ -72,20 +72,18 @@ class ThriftyCache(BaseCache):
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Keep the model's answer (a single chat answer; several generations are not stored)."""
         try:
-            request = cache_request(prompt, llm_string, self._metadata())
-            completion = completion_of_generations(return_val, model=request["model"])
-            if completion is not None:
-                self.gate.store(request, completion)
+            storable = self._storable(prompt, llm_string, return_val)
+            if storable is not None:
+                self.gate.store(*storable)
         except Exception as exc:  # noqa: BLE001 - fail open: nothing stored
             self._warn("update", exc)
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Async twin of :meth:`update`."""
         try:
-            request = cache_request(prompt, llm_string, self._metadata())
-            completion = completion_of_generations(return_val, model=request["model"])
-            if completion is not None:
-                await self.gate.astore(request, completion)
+            storable = self._storable(prompt, llm_string, return_val)
+            if storable is not None:
+                await self.gate.astore(*storable)
         except Exception as exc:  # noqa: BLE001 - fail open: nothing stored
             self._warn("update", exc)
 
@@ -98,6 +96,12 @@ class ThriftyCache(BaseCache):
         self.gate.cache.clear()
 
     # ------------------------------------------------------------------ translation
+    def _storable(self, prompt: str, llm_string: str,
+                  return_val: RETURN_VAL_TYPE) -> tuple[dict[str, Any], Completion] | None:
+        request = cache_request(prompt, llm_string, self._metadata())
+        completion = completion_of_generations(return_val, model=request["model"])
+        return None if completion is None else (request, completion)
+
     @staticmethod
     def _metadata() -> dict[str, Any]:
         return owners_of(current_metadata())

@@ -22,6 +22,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
+from langchain_core.tools import tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field
 
@@ -137,3 +138,15 @@ def _chunks(message: BaseMessage) -> Iterator[ChatGenerationChunk]:
     yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=message.usage_metadata,
                                                      response_metadata=message.response_metadata,
                                                      chunk_position="last"))
+
+
+@tool
+def track(query: str) -> str:
+    """Track a parcel."""
+    return "in transit"
+
+
+@tool
+def refund(query: str) -> str:
+    """Refund an order."""
+    return "refunded"

@@ -14,7 +14,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
-from langchain_fakes import EchoChatModel
+from langchain_fakes import EchoChatModel, track
 from thrifty.embedder import SentenceTransformerEmbedder
 from thrifty.gate import Thrifty
 
@@ -104,11 +104,6 @@ def test_the_cost_langchain_writes_on_hits_does_not_change_later_keys(gate: Thri
 
 
 def test_tool_call_answers_round_trip(gate: Thrifty) -> None:
-    @tool
-    def track(query: str) -> str:
-        """Track a parcel."""
-        return "in transit"
-
     model = EchoChatModel().bind_tools([track])
     first = model.invoke(ask("Where is parcel 7781? [tool:track]"))
     again = model.invoke(ask("where is parcel 7781? [tool:track]"))
@@ -184,3 +179,19 @@ def test_a_broken_gate_lets_the_call_through(embedder: SentenceTransformerEmbedd
         assert len(model.calls) == 1
     finally:
         set_llm_cache(None)
+
+
+def test_the_same_decisions_as_the_core_on_labelled_pairs(embedder: SentenceTransformerEmbedder) -> None:
+    """The first 80 pairs of thrifty's dev set through LangChain's cache path decide exactly as the
+    core does (``thrifty bench langchain`` runs every pair of the dev set and of fow-cache)."""
+    from conftest import REPO
+    from thrifty.evaluation import evaluate_pairs, read_pairs
+    from thrifty.settings import ThriftySettings
+
+    pairs = read_pairs(REPO / "tests" / "data" / "dev_pairs.jsonl")[:80]
+    core = evaluate_pairs(pairs, ThriftySettings(cache={"backend": "memory"}, ledger={"path": None}), embedder=embedder)
+    for pair, decided in zip(pairs, core.decisions):
+        model = EchoChatModel(cache=ThriftyCache(gate=make_gate(embedder)))
+        model.invoke([HumanMessage(pair.a)])
+        hit = bool(thrifty_of(model.invoke([HumanMessage(pair.b)])))
+        assert hit == decided["hit"], (pair.a, pair.b)

@@ -19,7 +19,7 @@ import pytest
 from conftest import REPO, SYSTEM, Standin, async_wait_for, make_gate
 from langchain_core.globals import set_llm_cache
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from langchain_core.tools import tool
+from langchain_fakes import refund, track
 from langchain_openai import ChatOpenAI
 from thrifty.budget import BudgetExceeded
 from thrifty.embedder import SentenceTransformerEmbedder
@@ -103,16 +103,6 @@ def test_a_stream_is_a_real_stream_and_a_repeated_astream_comes_from_the_cache(
 
 
 def test_tool_calls_round_trip_and_bound_tools_are_in_the_scope(provider: cassette.Provider, gate: Thrifty) -> None:
-    @tool
-    def track(query: str) -> str:
-        """Track a parcel."""
-        return "in transit"
-
-    @tool
-    def refund(query: str) -> str:
-        """Refund an order."""
-        return "refunded"
-
     router = CostRouter([chat(provider.api_base), chat(provider.api_base, "gpt-4o")], gate=gate)
     first = router.bind_tools([track]).invoke(ask("Where is parcel 7781? [tool:track]"))
     again = router.bind_tools([track]).invoke(ask("where is parcel 7781 [tool:track]"))

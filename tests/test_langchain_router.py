@@ -12,8 +12,7 @@ from conftest import async_wait_for, make_gate, wait_for
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.tools import tool
-from langchain_fakes import Calls, EchoChatModel
+from langchain_fakes import Calls, EchoChatModel, refund, track
 from pydantic import BaseModel
 from thrifty.budget import BudgetExceeded
 from thrifty.embedder import SentenceTransformerEmbedder
@@ -161,16 +160,6 @@ def test_in_an_lcel_chain(embedder: SentenceTransformerEmbedder) -> None:
 
 
 def test_bound_tools_reach_every_tier_and_are_part_of_the_scope(embedder: SentenceTransformerEmbedder) -> None:
-    @tool
-    def track(query: str) -> str:
-        """Track a parcel."""
-        return "in transit"
-
-    @tool
-    def refund(query: str) -> str:
-        """Refund an order."""
-        return "refunded"
-
     calls = Calls()
     r = router(embedder, calls)
     with_tools = r.bind_tools([track])
