@@ -1,0 +1,1 @@
+"""How thrifty's learned verifier is trained (not part of the installed package)."""
