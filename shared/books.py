@@ -71,7 +71,8 @@ class CallBooks:
                          saved_tokens=found.saved_tokens, detail=found.reason)
         elif found.refused:
             first = found.refused[0]
-            self._record(canonical, "refused", model=canonical.model, detail=f"{first.reason}: {first.text}")
+            why = f"{first.reason} {first.detail}" if first.reason == "learned" else first.reason
+            self._record(canonical, "refused", model=canonical.model, detail=f"{why}: {first.text}")
 
     def joined(self, canonical: CanonicalRequest, completion: Completion) -> None:
         """A caller got the answer of an identical call in flight: it saved that call's cost."""

@@ -9,8 +9,9 @@ A lookup goes through three tiers, cheapest first:
 
 1. **exact**: the request's exact key (scope + normalised final turn) - no embedding computed;
 2. **vector**: the nearest stored requests *in the same scope* by embedding similarity;
-3. **verifier**: each near neighbour is checked (:mod:`thrifty.verifier`); one that differs in a
-   number, entity, negation, direction or qualifier is refused, however similar.
+3. **verifier**: each near neighbour is checked: certain rules first (:mod:`thrifty.verifier`: a
+   different number, identifier, negation, kind of question or direction is refused, however
+   similar), then the learned pair model (:mod:`thrifty.learned_verifier`) for the rest.
 
 Policies: per-request ``no_cache`` (skip the lookup) and ``no_store``; TTL per request, per
 namespace/agent or by default; the personal-data guard (personal requests are scoped to their
@@ -33,6 +34,7 @@ on the store's I/O.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import threading
@@ -51,7 +53,7 @@ from .request import CanonicalRequest
 from .settings import ThriftySettings
 from .store import CacheEntry, Neighbour, Store, make_store
 from .vectors import Vector
-from .verifier import Verifier, default_verifier
+from .verifier import Verifier, default_verifier, verify_all
 
 log = logging.getLogger("thrifty.cache")
 
@@ -148,6 +150,12 @@ class _Search:
     scope: str
     vector: Vector
     k: int
+
+
+@dataclass(frozen=True)
+class _Verify:
+    query: str
+    candidates: tuple[tuple[str, float], ...]
 
 
 @dataclass(frozen=True)
@@ -274,15 +282,14 @@ class SemanticCache:
         neighbours = [n for n in neighbours if n.similarity >= cs.search_floor and not n.entry.expired(now)]
         if not neighbours:
             return _miss("no_match", vector=vector)
+        nearest = neighbours[0].similarity
+        examined = [n for n in neighbours if n.similarity >= nearest - cs.candidate_margin]
+        verdicts = yield _Verify(canon.semantic_text, tuple((n.entry.text, n.similarity) for n in examined))
         accepted: list[tuple[Neighbour, str]] = []
         refused: list[Refusal] = []
-        nearest = neighbours[0].similarity
-        for n in neighbours:
-            if n.similarity < nearest - cs.candidate_margin:
-                break
-            verdict = self.verifier.verify(canon.semantic_text, n.entry.text, n.similarity)
+        for n, verdict in zip(examined, verdicts):
             if verdict.accepted:
-                accepted.append((n, verdict.reason))
+                accepted.append((n, f"{verdict.reason} {verdict.detail}".strip()))
             else:
                 refused.append(Refusal(n.entry.text, n.similarity, verdict.reason, verdict.detail))
         if not accepted:
@@ -391,6 +398,8 @@ class SemanticCache:
             return self.embedder.embed([op.text])[0]
         if isinstance(op, _Search):
             return self.storage.search(op.scope, op.vector, op.k, now)
+        if isinstance(op, _Verify):
+            return verify_all(self.verifier, op.query, op.candidates)
         if isinstance(op, _RecordHit):
             return self.storage.record_hit(op.entry_id, now)
         return self.storage.put(op.entry)
@@ -403,6 +412,10 @@ class SemanticCache:
             return (await self.embedder.aembed([op.text]))[0]
         if isinstance(op, _Search):
             return await self.storage.asearch(op.scope, op.vector, op.k, now)
+        if isinstance(op, _Verify):  # a model's run would stall the event loop: a thread of its own
+            if getattr(self.verifier, "runs_a_model", False):
+                return await asyncio.to_thread(verify_all, self.verifier, op.query, op.candidates)
+            return verify_all(self.verifier, op.query, op.candidates)
         if isinstance(op, _RecordHit):
             return await self.storage.arecord_hit(op.entry_id, now)
         return await self.storage.aput(op.entry)

@@ -58,19 +58,13 @@ class EmbedderSettings(_Section):
 class VerifierSettings(_Section):
     """How strictly a near neighbour must match before its answer is reused."""
 
-    min_similarity: float = Field(0.4, ge=-1, le=1)
-    reworded_similarity: float = Field(
-        0.75, ge=-1, le=1,
-        description="cosine needed when the two requests are worded differently and the rules "
-        "cannot compare them word by word")
-    minimal_overlap: float = Field(0.5, gt=0, le=1)
-    max_edit_words: int = Field(3, ge=0)
-    long_text_words: int = Field(6, ge=1)
-    extra_synonyms: list[list[str]] = Field(default_factory=list,
-                                            description="word sets your domain treats as the same")
-    extra_opposites: list[tuple[list[str], list[str]]] = Field(default_factory=list)
-    extra_qualifier_groups: dict[str, list[str]] = Field(
-        default_factory=dict, description="name -> words of which no one stands in for another")
+    kind: Literal["learned", "rules"] = Field(
+        "learned", description="learned: certain rules, then a pair model judges the rest; rules: the certain "
+        "rules alone (reuses only the same words; refuses whatever they cannot be certain of)")
+    min_probability: float | None = Field(
+        None, gt=0, lt=1, description="learned: the probability a candidate needs to be reused; None: the "
+        "threshold calibrated with the shipped model (at most 1% wrong reuse on thrifty's dev pairs)")
+    min_similarity: float = Field(0.4, ge=-1, le=1, description="below this cosine nothing is reused")
 
 
 class PersonalDataSettings(_Section):

@@ -152,11 +152,12 @@ def answer(text: str = "The answer.", **extra: Any) -> Completion:
     return Completion(answer={"role": "assistant", "content": text}, text=text, **extra)
 
 
-def make_cache(embedder: Any, *, path: Path | None = None, clock: Any = None, **settings: Any) -> SemanticCache:
+def make_cache(embedder: Any, *, path: Path | None = None, clock: Any = None, verifier: Any = None,
+               **settings: Any) -> SemanticCache:
     """A cache on the real embedder and an in-memory store (or the embedded store at ``path``)."""
     config = memory_settings(**settings)
     store = EmbeddedStore(path, max_entries=config.cache.max_entries) if path is not None else None
-    kwargs: dict[str, Any] = {"store": store, "embedder": embedder}
+    kwargs: dict[str, Any] = {"store": store, "embedder": embedder, "verifier": verifier}
     if clock is not None:
         kwargs["clock"] = clock
     return SemanticCache(config, **kwargs)

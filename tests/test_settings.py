@@ -19,20 +19,20 @@ def test_defaults() -> None:
 
 def test_yaml_section_env_and_keywords_in_order_of_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, "model_list: []\nthrifty:\n  cache:\n    ttl_seconds: 600\n    max_entries: 5\n"
-                           "  verifier:\n    reworded_similarity: 0.9\n")
+                           "  verifier:\n    min_similarity: 0.6\n")
     monkeypatch.setenv("THRIFTY_CACHE__MAX_ENTRIES", "7")
     s = ThriftySettings.load(path, cache={"ttl_seconds": 60})
     assert s.cache.ttl_seconds == 60  # keyword beats YAML
     assert s.cache.max_entries == 7  # environment beats YAML
-    assert s.verifier.reworded_similarity == 0.9  # YAML beats the default
+    assert s.verifier.min_similarity == 0.6  # YAML beats the default
 
 
 
 def test_an_already_parsed_section_sits_below_the_environment_and_keywords(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("THRIFTY_CACHE__MAX_ENTRIES", "7")
-    section = {"cache": {"ttl_seconds": 600, "max_entries": 5}, "verifier": {"reworded_similarity": 0.9}}
+    section = {"cache": {"ttl_seconds": 600, "max_entries": 5}, "verifier": {"min_similarity": 0.6}}
     s = ThriftySettings.from_mapping(section, cache={"ttl_seconds": 60})
-    assert (s.cache.ttl_seconds, s.cache.max_entries, s.verifier.reworded_similarity) == (60, 7, 0.9)
+    assert (s.cache.ttl_seconds, s.cache.max_entries, s.verifier.min_similarity) == (60, 7, 0.6)
     assert ThriftySettings.from_mapping(None).cache.max_entries == 7
     with pytest.raises(SettingsError, match="cache"):
         ThriftySettings.from_mapping({"cache": {"ttl_seconds": "soon"}})
@@ -43,7 +43,7 @@ def test_an_already_parsed_section_sits_below_the_environment_and_keywords(monke
     ({"cache": {"ttl_seconds": -1}}, "cache.ttl_seconds"),
     ({"cache": {"backend": "mongo"}}, "cache.backend"),
     ({"cache": {"ttl_by_namespace": {"news": 0}}}, "cache.ttl_by_namespace"),
-    ({"verifier": {"reworded_similarity": 2}}, "verifier.reworded_similarity"),
+    ({"verifier": {"min_probability": 1.5}}, "verifier.min_probability"),
     ({"cache": {"unknown_knob": 1}}, "cache.unknown_knob"),
     ({"personal_data": {"mode": "maybe"}}, "personal_data.mode"),
 ])
