@@ -9,6 +9,7 @@ embedded cache file, then times, one lookup at a time:
 * lookups of paraphrases of stored questions (the embedding of each new text is computed inside
   the timed lookup), split into semantic hits and misses,
 * lookups of questions that are not stored (misses),
+* the verifier alone (certain rules, then the pair model) on one and on three candidates,
 * the embedding alone, for reference,
 
 and then vector search alone in one scope of ``--vectors`` entries (HNSW): real question vectors
@@ -36,6 +37,7 @@ from thrifty.embedder import SentenceTransformerEmbedder
 from thrifty.request import CanonicalRequest, canonicalize
 from thrifty.settings import EmbedderSettings, ThriftySettings
 from thrifty.vector_index import VectorIndex
+from thrifty.verifier import verify_all
 
 from benchmarks.quora import DATA, distinct_pairs
 
@@ -107,6 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["miss (paraphrase)"] = (*percentiles(miss_times or [0.0]), len(miss_times))
         new = [timed(look, t)[0] for t in unseen]
         results["miss (new question)"] = (*percentiles(new), len(new))
+        verifier = cache.verifier
+        one = [timed(verify_all, verifier, q, [(o, 0.9)])[0] for o, q in pairs[: args.queries]]
+        results["verifier, 1 candidate"] = (*percentiles(one), len(one))
+        three = [timed(verify_all, verifier, q, [(o, 0.9), (o2, 0.9), (o3, 0.9)])[0]
+                 for (o, q), (o2, _), (o3, _) in zip(pairs[: args.queries], pairs[1:], pairs[2:])]
+        results["verifier, 3 candidates"] = (*percentiles(three), len(three))
         fresh = SentenceTransformerEmbedder(EmbedderSettings(memo_size=0))
         fresh.embed(["warm up"])
         alone = [timed(fresh.embed, [t])[0] for t in unseen]

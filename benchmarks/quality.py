@@ -2,7 +2,8 @@
 
     thrifty bench quality            (or: python -m benchmarks.quality)
 
-Four data sets, each scored for thrifty's default configuration and, on the same embedder
+Four data sets, each scored for thrifty's default configuration (the learned verifier) and its
+rules-only verifier (``verifier.kind: rules``), and, on the same embedder
 (all-MiniLM-L6-v2), for a plain cosine threshold at 0.8 / 0.9 / 0.95 - what RedisVL's
 SemanticCache, LiteLLM's redis-semantic cache and GPTCache's default do:
 
@@ -11,8 +12,10 @@ SemanticCache, LiteLLM's redis-semantic cache and GPTCache's default do:
   (or one with identical text) is positive, a hit on another origin negative, no hit a miss.
   GPTCache's published table is printed beside it.
 * A 5,000-pair slice of ``similiar_qqp.json`` (Quora duplicates), same protocol.
-* fow-cache's 600 labelled pairs (from the installed ``fow-cache`` package) and
-* thrifty's own dev set (``tests/data/dev_pairs.jsonl``), both with ``thrifty eval pairs``'s
+* fow-cache's 600 labelled pairs (from the installed ``fow-cache`` package),
+* thrifty's own dev set (``tests/data/dev_pairs.jsonl``), the learned verifier's calibration
+  pairs (``tests/data/calibration_pairs.jsonl``) and pairs written after the model was trained
+  (``benchmarks/data/unseen_pairs.jsonl``, measurement only), all with ``thrifty eval pairs``'s
   protocol: store ``a``, look up ``b`` in a fresh cache.
 
 Nothing here is timed against a limit; per-query times are printed for information only.
@@ -49,7 +52,7 @@ def _request(text: str) -> CanonicalRequest:
 
 def origin_protocol(rows: list[dict[str, str]], embedder: SentenceTransformerEmbedder,
                     settings: ThriftySettings) -> dict[str, Any]:
-    """GPTCache's protocol through thrifty and through plain cosine thresholds."""
+    """GPTCache's protocol through thrifty."""
     origins = [r["origin"] for r in rows]
     queries = [r["similar"] for r in rows]
     embedder.embed(list(dict.fromkeys(origins + queries)))
@@ -68,8 +71,16 @@ def origin_protocol(rows: list[dict[str, str]], embedder: SentenceTransformerEmb
             else:
                 negative += 1
     elapsed = time.perf_counter() - started
-    out["thrifty"] = (positive, negative, len(rows) - positive - negative, elapsed / len(rows))
+    out[f"thrifty ({settings.verifier.kind})"] = (positive, negative, len(rows) - positive - negative,
+                                                  elapsed / len(rows))
+    return out
 
+
+def cosine_origin_protocol(rows: list[dict[str, str]], embedder: SentenceTransformerEmbedder) -> dict[str, Any]:
+    """GPTCache's protocol through plain cosine thresholds."""
+    origins = [r["origin"] for r in rows]
+    queries = [r["similar"] for r in rows]
+    out: dict[str, Any] = {}
     o, q = embedder.embed_truncated(origins), embedder.embed_truncated(queries)
     sims = q @ o.T
     best = sims.argmax(axis=1)
@@ -82,12 +93,20 @@ def origin_protocol(rows: list[dict[str, str]], embedder: SentenceTransformerEmb
 
 def pairs_protocol(pairs: Sequence[Pair], embedder: SentenceTransformerEmbedder,
                    settings: ThriftySettings) -> dict[str, Any]:
-    """thrifty eval pairs's protocol through thrifty and through plain cosine thresholds."""
+    """thrifty eval pairs's protocol through thrifty."""
     started = time.perf_counter()
     report = evaluate_pairs(pairs, settings, embedder=embedder)
     elapsed = time.perf_counter() - started
     t = report.totals
-    out: dict[str, Any] = {"thrifty": (t.true_hits, t.false_hits, t.hit_rate, t.false_hit_rate, elapsed / len(pairs))}
+    kind = settings.verifier.kind
+    return {f"thrifty ({kind})": (t.true_hits, t.false_hits, t.hit_rate, t.false_hit_rate, elapsed / len(pairs)),
+            f"by_category ({kind})": {k: (c.true_hits, c.false_hits, c.misses, c.pairs)
+                                      for k, c in report.by_category.items()}}
+
+
+def cosine_pairs_protocol(pairs: Sequence[Pair], embedder: SentenceTransformerEmbedder) -> dict[str, Any]:
+    """thrifty eval pairs's protocol through plain cosine thresholds."""
+    out: dict[str, Any] = {}
     same = sum(p.label for p in pairs)
     different = len(pairs) - same
     va, vb = embedder.embed_truncated([p.a for p in pairs]), embedder.embed_truncated([p.b for p in pairs])
@@ -99,7 +118,6 @@ def pairs_protocol(pairs: Sequence[Pair], embedder: SentenceTransformerEmbedder,
                 true_hits += p.label
                 false_hits += 1 - p.label
         out[f"cosine >= {threshold}"] = (true_hits, false_hits, true_hits / same, false_hits / different, None)
-    out["by_category"] = {k: (c.true_hits, c.false_hits, c.misses, c.pairs) for k, c in report.by_category.items()}
     return out
 
 
@@ -118,14 +136,31 @@ def _print_pairs_table(title: str, result: dict[str, Any], same: int, different:
     print(f"\n{title}  ({same} same-answer pairs, {different} different-answer pairs)")
     print(f"  {'method':<20}{'true hits':>11}{'hit rate':>10}{'false hits':>12}{'false rate':>12}{'ms/pair':>9}")
     for name, value in result.items():
-        if name == "by_category":
+        if name.startswith("by_category"):
             continue
         tp, fp, hr, fr, per = value
         timing = f"{1000 * per:9.2f}" if per is not None else f"{'':>9}"
         print(f"  {name:<20}{tp:>11}{100 * hr:>9.1f}%{fp:>12}{100 * fr:>11.1f}%{timing}")
-    print("  thrifty by category: " + ", ".join(
-        f"{k} {tp}/{fp}/{miss} of {n}" for k, (tp, fp, miss, n) in sorted(result["by_category"].items()))
-        + "  (true hits/false hits/misses)")
+    for name, value in result.items():
+        if name.startswith("by_category"):
+            print(f"  {name}: " + ", ".join(f"{k} {tp}/{fp}/{miss} of {n}" for k, (tp, fp, miss, n)
+                                           in sorted(value.items())) + "  (true hits/false hits/misses)")
+
+
+def all_origin_protocols(rows: list[dict[str, str]], embedder: SentenceTransformerEmbedder,
+                         settings: dict[str, ThriftySettings]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for one in settings.values():
+        out.update(origin_protocol(rows, embedder, one))
+    return out | cosine_origin_protocol(rows, embedder)
+
+
+def all_pairs_protocols(pairs: Sequence[Pair], embedder: SentenceTransformerEmbedder,
+                        settings: dict[str, ThriftySettings]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for one in settings.values():
+        out.update(pairs_protocol(pairs, embedder, one))
+    return out | cosine_pairs_protocol(pairs, embedder)
 
 
 def fow_pairs() -> list[Pair] | None:
@@ -141,9 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="thrifty bench quality", description=__doc__.split("\n\n")[0])
     parser.add_argument("--qqp-pairs", type=int, default=5000, help="size of the Quora slice")
     parser.add_argument("--json", type=Path, help="also write all numbers to this file")
+    parser.add_argument("--pairs", type=Path, help="also score a labelled pair file (thrifty eval pairs's format)")
     args = parser.parse_args(argv)
 
-    settings = ThriftySettings(cache={"backend": "memory"}, ledger={"path": None})
+    kinds = ("learned", "rules")
+    settings = {kind: ThriftySettings(cache={"backend": "memory"}, ledger={"path": None}, verifier={"kind": kind})
+                for kind in kinds}
     embedder = SentenceTransformerEmbedder(EmbedderSettings(memo_size=200_000))
     everything: dict[str, Any] = {}
     print("thrifty quality benchmark (default settings; embedder all-MiniLM-L6-v2, "
@@ -152,19 +190,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     mock = DATA / "mock_data.json"
     if mock.is_file():
         rows = json.loads(mock.read_text(encoding="utf-8"))
-        everything["gptcache_mock"] = result = origin_protocol(rows, embedder, settings)
+        everything["gptcache_mock"] = result = all_origin_protocols(rows, embedder, settings)
         _print_origin_table(f"GPTCache benchmark, {len(rows)} pairs (mock_data.json)", result, True)
         qqp_rows = json.loads((DATA / "similiar_qqp.json").read_text(encoding="utf-8"))[: args.qqp_pairs]
-        everything["qqp"] = result = origin_protocol(qqp_rows, embedder, settings)
+        everything["qqp"] = result = all_origin_protocols(qqp_rows, embedder, settings)
         _print_origin_table(f"Quora duplicates, first {len(qqp_rows)} pairs of similiar_qqp.json "
-                            "(all pairs are duplicates; a 'negative' is a hit on another stored question)",
+                            "(all pairs are duplicates; a 'negative' is a hit on another stored question; "
+                            "the learned verifier was trained on Quora's duplicates)",
                             result, False)
     else:
         print(f"\n(skipping GPTCache and Quora sets: {DATA} is absent)")
 
     pairs = fow_pairs()
     if pairs is not None:
-        everything["fow_cache"] = result = pairs_protocol(pairs, embedder, settings)
+        everything["fow_cache"] = result = all_pairs_protocols(pairs, embedder, settings)
         same = sum(p.label for p in pairs)
         _print_pairs_table("fow-cache pairs.jsonl", result, same, len(pairs) - same)
     else:
@@ -172,9 +211,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     dev = ROOT / "tests" / "data" / "dev_pairs.jsonl"
     dev_pairs = read_pairs(dev)
-    everything["dev"] = result = pairs_protocol(dev_pairs, embedder, settings)
+    everything["dev"] = result = all_pairs_protocols(dev_pairs, embedder, settings)
     same = sum(p.label for p in dev_pairs)
-    _print_pairs_table("thrifty dev set (tests/data/dev_pairs.jsonl)", result, same, len(dev_pairs) - same)
+    _print_pairs_table("thrifty dev set (tests/data/dev_pairs.jsonl; the learned verifier trained on two thirds "
+                       "of it and was calibrated on the rest)", result, same, len(dev_pairs) - same)
+    for path, title in ((ROOT / "tests" / "data" / "calibration_pairs.jsonl",
+                         "calibration pairs (the learned verifier's threshold was chosen on them)"),
+                        (ROOT / "benchmarks" / "data" / "unseen_pairs.jsonl",
+                         "unseen pairs (written after the model was trained; never trained or tuned on)"),
+                        *(((args.pairs, str(args.pairs)),) if args.pairs else ())):
+        extra = read_pairs(path)
+        everything[path.stem] = result = all_pairs_protocols(extra, embedder, settings)
+        same = sum(p.label for p in extra)
+        _print_pairs_table(f"{path.name}: {title}", result, same, len(extra) - same)
 
     if args.json:
         args.json.write_text(json.dumps(everything, indent=1, default=str))
