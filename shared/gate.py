@@ -108,6 +108,12 @@ class _Embed:
 
 
 @dataclass(frozen=True)
+class _MatchInFlight:
+    request: CanonicalRequest
+    vector: Vector
+
+
+@dataclass(frozen=True)
 class _Acquire:
     key: str
 
@@ -309,7 +315,7 @@ class Thrifty:
                 if vector is None:
                     vector = yield _Embed(canon.semantic_text)
                 if vector is not None:
-                    key = self.near.match(canon, vector) or key
+                    key = (yield _MatchInFlight(canon, vector)) or key
             if deadline is None:
                 deadline = self.clock() + self.settings.dedup.max_wait
             flight = self.local_flights.claim(key)
@@ -423,6 +429,8 @@ class Thrifty:
             return self.cache.lookup(op.request)
         if isinstance(op, _Embed):
             return self.embedder.embed([op.text])[0]
+        if isinstance(op, _MatchInFlight):
+            return self.near.match(op.request, op.vector)
         if isinstance(op, _Prepare):
             return self._prepare(op.ticket, op.router, op.vector)
         if isinstance(op, _Acquire):
@@ -441,6 +449,10 @@ class Thrifty:
             return await self.cache.alookup(op.request)
         if isinstance(op, _Embed):
             return (await self.embedder.aembed([op.text]))[0]
+        if isinstance(op, _MatchInFlight):  # the learned verifier's model would stall the loop
+            if getattr(self.verifier, "runs_a_model", False):
+                return await asyncio.to_thread(self.near.match, op.request, op.vector)
+            return self.near.match(op.request, op.vector)
         if isinstance(op, _Prepare):  # Redis budgets or the learned scorer would block the loop
             if self._prepare_blocks:
                 return await asyncio.to_thread(self._prepare, op.ticket, op.router, op.vector)

@@ -163,11 +163,11 @@ def make_cache(embedder: Any, *, path: Path | None = None, clock: Any = None, ve
     return SemanticCache(config, **kwargs)
 
 
-def make_gate(embedder: Any, *, clock: Any = None, **settings: Any) -> Thrifty:
+def make_gate(embedder: Any, *, clock: Any = None, verifier: Any = None, **settings: Any) -> Thrifty:
     """A gate on the real embedder, an in-memory store and ledger, and only the prices given in
     ``prices`` (LiteLLM's map is not consulted: a test names what its models cost)."""
     config = memory_settings(**settings)
-    kwargs: dict[str, Any] = {"embedder": embedder, "ledger": Ledger(),
+    kwargs: dict[str, Any] = {"embedder": embedder, "ledger": Ledger(), "verifier": verifier,
                               "prices": PriceTable(config.prices, use_litellm=False)}
     if clock is not None:
         kwargs["clock"] = clock

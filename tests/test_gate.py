@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -13,10 +14,12 @@ from thrifty.budget import BudgetExceeded, MemoryBudgetStore
 from thrifty.completion import Completion
 from thrifty.embedder import SentenceTransformerEmbedder
 from thrifty.gate import Reused, Thrifty
+from thrifty.learned_verifier import LearnedVerifier
 from thrifty.request import canonicalize
 from thrifty.ticket import Ticket
 from thrifty.tokens import with_usage
 from thrifty.upstream import LeaderGaveUp, StreamFailed, UpstreamError, is_deterministic
+from thrifty.verifier import Verdict
 
 ORDER = "What's the status of order 44921?"
 
@@ -260,6 +263,30 @@ def test_near_duplicates_join_only_when_configured(embedder: SentenceTransformer
     assert asyncio.run(run(make_gate(embedder), "Hi, how do I reset my password?", joins=False)) == 2
     assert asyncio.run(run(make_gate(embedder, **near), "Hi, how do I reset my password?", joins=True)) == 1
     assert asyncio.run(run(make_gate(embedder, **near), "How do I reset my colleague's password?", joins=False)) == 2
+
+
+def test_an_async_caller_judges_calls_in_flight_off_the_event_loop(embedder: SentenceTransformerEmbedder) -> None:
+    """With the learned verifier, matching a call in flight by meaning runs a model: not on the loop."""
+    judged_on: list[int] = []
+
+    class Watched(LearnedVerifier):
+        def verify_many(self, query: str, candidates: Sequence[tuple[str, float]]) -> list[Verdict]:
+            judged_on.append(threading.get_ident())
+            return super().verify_many(query, candidates)
+
+    async def run() -> int:
+        g = make_gate(embedder, verifier=Watched(), dedup={"join_near_duplicates": True})
+        upstream = Upstream(hold=True)
+        leader = asyncio.create_task(ask(g, upstream, "How do I reset my password?"))
+        await async_wait_for(lambda: upstream.calls == 1)
+        other = asyncio.create_task(ask(g, upstream, "How can I reset my password?"))
+        await async_wait_for(lambda: bool(judged_on))
+        upstream.release(2)
+        await asyncio.gather(leader, other)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(run())
+    assert judged_on and loop_thread not in judged_on
 
 
 def test_threads_join_through_the_sync_api(embedder: SentenceTransformerEmbedder) -> None:
