@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -18,11 +19,13 @@ from thrifty.completion import Completion
 from thrifty.embedded_store import EmbeddedStore
 from thrifty.embedder import SentenceTransformerEmbedder
 from thrifty.gate import Thrifty
+from thrifty.learned_verifier import LearnedVerifier
 from thrifty.ledger import Ledger
 from thrifty.pricing import PriceTable
 from thrifty.request import CanonicalRequest, canonicalize
 from thrifty.settings import EmbedderSettings, ThriftySettings
 from thrifty.vectors import Vector
+from thrifty.verifier import Verdict
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_REDIS_URL = os.environ.get("THRIFTY_TEST_REDIS_URL")
@@ -161,6 +164,18 @@ def make_cache(embedder: Any, *, path: Path | None = None, clock: Any = None, ve
     if clock is not None:
         kwargs["clock"] = clock
     return SemanticCache(config, **kwargs)
+
+
+class ThreadWatchingVerifier(LearnedVerifier):
+    """The learned verifier, noting the thread of every judgment (``judged_on``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.judged_on: list[int] = []
+
+    def verify_many(self, query: str, candidates: Sequence[tuple[str, float]]) -> list[Verdict]:
+        self.judged_on.append(threading.get_ident())
+        return super().verify_many(query, candidates)
 
 
 def make_gate(embedder: Any, *, clock: Any = None, verifier: Any = None, **settings: Any) -> Thrifty:

@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from conftest import answer, async_wait_for, chat, make_gate, request_for, wait_for
+from conftest import ThreadWatchingVerifier, answer, async_wait_for, chat, make_gate, request_for, wait_for
 from thrifty.budget import BudgetExceeded, MemoryBudgetStore
 from thrifty.completion import Completion
 from thrifty.embedder import SentenceTransformerEmbedder
 from thrifty.gate import Reused, Thrifty
-from thrifty.learned_verifier import LearnedVerifier
 from thrifty.request import canonicalize
 from thrifty.ticket import Ticket
 from thrifty.tokens import with_usage
 from thrifty.upstream import LeaderGaveUp, StreamFailed, UpstreamError, is_deterministic
-from thrifty.verifier import Verdict
 
 ORDER = "What's the status of order 44921?"
 
@@ -267,15 +264,11 @@ def test_near_duplicates_join_only_when_configured(embedder: SentenceTransformer
 
 def test_an_async_caller_judges_calls_in_flight_off_the_event_loop(embedder: SentenceTransformerEmbedder) -> None:
     """With the learned verifier, matching a call in flight by meaning runs a model: not on the loop."""
-    judged_on: list[int] = []
-
-    class Watched(LearnedVerifier):
-        def verify_many(self, query: str, candidates: Sequence[tuple[str, float]]) -> list[Verdict]:
-            judged_on.append(threading.get_ident())
-            return super().verify_many(query, candidates)
+    verifier = ThreadWatchingVerifier()
+    judged_on = verifier.judged_on
 
     async def run() -> int:
-        g = make_gate(embedder, verifier=Watched(), dedup={"join_near_duplicates": True})
+        g = make_gate(embedder, verifier=verifier, dedup={"join_near_duplicates": True})
         upstream = Upstream(hold=True)
         leader = asyncio.create_task(ask(g, upstream, "How do I reset my password?"))
         await async_wait_for(lambda: upstream.calls == 1)

@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from conftest import answer, make_cache, request_for
+from conftest import ThreadWatchingVerifier, answer, make_cache, request_for
 from thrifty.embedder import SentenceTransformerEmbedder
 from thrifty.learned_verifier import CALIBRATION_FILE, MODEL_FILE, LearnedVerifier, shipped_threshold
 from thrifty.settings import ThriftySettings
-from thrifty.verifier import Verdict, default_verifier
+from thrifty.verifier import default_verifier
 
 VERIFIER = LearnedVerifier()
 
@@ -141,14 +140,8 @@ def test_the_cache_serves_and_refuses_by_the_model_with_its_reason(embedder: Sen
 
 
 def test_the_async_lookup_verifies_off_the_event_loop(embedder: SentenceTransformerEmbedder) -> None:
-    threads: list[int] = []
-
-    class Watched(LearnedVerifier):
-        def verify_many(self, query: str, candidates: Sequence[tuple[str, float]]) -> list[Verdict]:
-            threads.append(threading.get_ident())
-            return super().verify_many(query, candidates)
-
-    with make_cache(embedder, verifier=Watched()) as cache:
+    verifier = ThreadWatchingVerifier()
+    with make_cache(embedder, verifier=verifier) as cache:
         stored, query = SAME_ANSWER[0]
         cache.store(request_for(cache, stored), answer("Steven Spielberg"))
 
@@ -156,4 +149,4 @@ def test_the_async_lookup_verifies_off_the_event_loop(embedder: SentenceTransfor
             return (await cache.alookup(request_for(cache, query))).hit, threading.get_ident()
 
         hit, loop_thread = asyncio.run(main())
-    assert hit and threads and loop_thread not in threads
+    assert hit and verifier.judged_on and loop_thread not in verifier.judged_on
