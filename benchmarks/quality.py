@@ -27,7 +27,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -147,20 +147,14 @@ def _print_pairs_table(title: str, result: dict[str, Any], same: int, different:
                                            in sorted(value.items())) + "  (true hits/false hits/misses)")
 
 
-def all_origin_protocols(rows: list[dict[str, str]], embedder: SentenceTransformerEmbedder,
-                         settings: dict[str, ThriftySettings]) -> dict[str, Any]:
+def side_by_side(protocol: Callable[[Any, SentenceTransformerEmbedder, ThriftySettings], dict[str, Any]],
+                 cosine: Callable[[Any, SentenceTransformerEmbedder], dict[str, Any]], data: Any,
+                 embedder: SentenceTransformerEmbedder, settings: dict[str, ThriftySettings]) -> dict[str, Any]:
+    """``data`` through thrifty with each of ``settings``, then through the plain cosine thresholds."""
     out: dict[str, Any] = {}
     for one in settings.values():
-        out.update(origin_protocol(rows, embedder, one))
-    return out | cosine_origin_protocol(rows, embedder)
-
-
-def all_pairs_protocols(pairs: Sequence[Pair], embedder: SentenceTransformerEmbedder,
-                        settings: dict[str, ThriftySettings]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for one in settings.values():
-        out.update(pairs_protocol(pairs, embedder, one))
-    return out | cosine_pairs_protocol(pairs, embedder)
+        out.update(protocol(data, embedder, one))
+    return out | cosine(data, embedder)
 
 
 def fow_pairs() -> list[Pair] | None:
@@ -184,16 +178,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for kind in kinds}
     embedder = SentenceTransformerEmbedder(EmbedderSettings(memo_size=200_000))
     everything: dict[str, Any] = {}
+
+    def by_origin(rows: list[dict[str, str]]) -> dict[str, Any]:
+        return side_by_side(origin_protocol, cosine_origin_protocol, rows, embedder, settings)
+
+    def by_pairs(pairs: Sequence[Pair]) -> dict[str, Any]:
+        return side_by_side(pairs_protocol, cosine_pairs_protocol, pairs, embedder, settings)
+
     print("thrifty quality benchmark (default settings; embedder all-MiniLM-L6-v2, "
           f"backend {embedder.backend_in_use or 'loading'})")
 
     mock = DATA / "mock_data.json"
     if mock.is_file():
         rows = json.loads(mock.read_text(encoding="utf-8"))
-        everything["gptcache_mock"] = result = all_origin_protocols(rows, embedder, settings)
+        everything["gptcache_mock"] = result = by_origin(rows)
         _print_origin_table(f"GPTCache benchmark, {len(rows)} pairs (mock_data.json)", result, True)
         qqp_rows = json.loads((DATA / "similiar_qqp.json").read_text(encoding="utf-8"))[: args.qqp_pairs]
-        everything["qqp"] = result = all_origin_protocols(qqp_rows, embedder, settings)
+        everything["qqp"] = result = by_origin(qqp_rows)
         _print_origin_table(f"Quora duplicates, first {len(qqp_rows)} pairs of similiar_qqp.json "
                             "(all pairs are duplicates; a 'negative' is a hit on another stored question; "
                             "the learned verifier was trained on Quora's duplicates)",
@@ -203,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     pairs = fow_pairs()
     if pairs is not None:
-        everything["fow_cache"] = result = all_pairs_protocols(pairs, embedder, settings)
+        everything["fow_cache"] = result = by_pairs(pairs)
         same = sum(p.label for p in pairs)
         _print_pairs_table("fow-cache pairs.jsonl", result, same, len(pairs) - same)
     else:
@@ -211,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     dev = ROOT / "tests" / "data" / "dev_pairs.jsonl"
     dev_pairs = read_pairs(dev)
-    everything["dev"] = result = all_pairs_protocols(dev_pairs, embedder, settings)
+    everything["dev"] = result = by_pairs(dev_pairs)
     same = sum(p.label for p in dev_pairs)
     _print_pairs_table("thrifty dev set (tests/data/dev_pairs.jsonl; the learned verifier trained on two thirds "
                        "of it and was calibrated on the rest)", result, same, len(dev_pairs) - same)
@@ -221,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "unseen pairs (written after the model was trained; never trained or tuned on)"),
                         *(((args.pairs, str(args.pairs)),) if args.pairs else ())):
         extra = read_pairs(path)
-        everything[path.stem] = result = all_pairs_protocols(extra, embedder, settings)
+        everything[path.stem] = result = by_pairs(extra)
         same = sum(p.label for p in extra)
         _print_pairs_table(f"{path.name}: {title}", result, same, len(extra) - same)
 

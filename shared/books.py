@@ -71,8 +71,7 @@ class CallBooks:
                          saved_tokens=found.saved_tokens, detail=found.reason)
         elif found.refused:
             first = found.refused[0]
-            why = f"{first.reason} {first.detail}" if first.reason == "learned" else first.reason
-            self._record(canonical, "refused", model=canonical.model, detail=f"{why}: {first.text}")
+            self._record(canonical, "refused", model=canonical.model, detail=f"{first.summary}: {first.text}")
 
     def joined(self, canonical: CanonicalRequest, completion: Completion) -> None:
         """A caller got the answer of an identical call in flight: it saved that call's cost."""

@@ -53,7 +53,7 @@ from .request import CanonicalRequest
 from .settings import ThriftySettings
 from .store import CacheEntry, Neighbour, Store, make_store
 from .vectors import Vector
-from .verifier import Verifier, default_verifier, verify_all
+from .verifier import Verifier, default_verifier, runs_a_model, summary, verify_all
 
 log = logging.getLogger("thrifty.cache")
 
@@ -70,6 +70,11 @@ class Refusal:
     similarity: float
     reason: str
     detail: str
+
+    @property
+    def summary(self) -> str:
+        """The reason and what differed, as one line ("learned p=0.12")."""
+        return summary(self.reason, self.detail)
 
 
 @dataclass(frozen=True)
@@ -289,7 +294,7 @@ class SemanticCache:
         refused: list[Refusal] = []
         for n, verdict in zip(examined, verdicts):
             if verdict.accepted:
-                accepted.append((n, f"{verdict.reason} {verdict.detail}".strip()))
+                accepted.append((n, verdict.summary))
             else:
                 refused.append(Refusal(n.entry.text, n.similarity, verdict.reason, verdict.detail))
         if not accepted:
@@ -413,7 +418,7 @@ class SemanticCache:
         if isinstance(op, _Search):
             return await self.storage.asearch(op.scope, op.vector, op.k, now)
         if isinstance(op, _Verify):  # a model's run would stall the event loop: a thread of its own
-            if getattr(self.verifier, "runs_a_model", False):
+            if runs_a_model(self.verifier):
                 return await asyncio.to_thread(verify_all, self.verifier, op.query, op.candidates)
             return verify_all(self.verifier, op.query, op.candidates)
         if isinstance(op, _RecordHit):

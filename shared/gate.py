@@ -68,7 +68,7 @@ from .ticket import Leading, Ticket
 from .tokens import with_usage
 from .upstream import is_deterministic
 from .vectors import Vector
-from .verifier import Verifier, default_verifier
+from .verifier import Verifier, default_verifier, runs_a_model
 
 
 @dataclass(frozen=True)
@@ -450,7 +450,7 @@ class Thrifty:
         if isinstance(op, _Embed):
             return (await self.embedder.aembed([op.text]))[0]
         if isinstance(op, _MatchInFlight):  # the learned verifier's model would stall the loop
-            if getattr(self.verifier, "runs_a_model", False):
+            if runs_a_model(self.verifier):
                 return await asyncio.to_thread(self.near.match, op.request, op.vector)
             return self.near.match(op.request, op.vector)
         if isinstance(op, _Prepare):  # Redis budgets or the learned scorer would block the loop

@@ -3,17 +3,18 @@
 Whether a changed content word changes the answer ("Who directed Jaws?" / "Who was the director
 of Jaws?": no; "amoxicillin" / "atorvastatin", "Saturday" / "Sunday", "my password" / "my
 colleague's password": yes) is a learned judgment. :class:`LearnedVerifier` asks the rules first
-where they are certain (:meth:`thrifty.verifier.RuleVerifier.certain`: the same text, different
-numbers or identifiers, negation, the kind of question, direction and order), and lets a
+where they are certain (:meth:`thrifty.verifier.RuleVerifier.certain`: the same text or words,
+different numbers or identifiers, negation, the kind of question, direction), and lets a
 cross-encoder decide the rest: all-MiniLM-L6-v2's weights fine-tuned as a pair classifier on
-Quora's duplicates and on pairs made from WordNet (synonyms against siblings and antonyms of the
-same kind), quantised to 8 bits and run by onnxruntime (``thrifty/models/verifier.onnx``, about
-23 MB, shipped with the package; ``training/train_verifier.py`` rebuilds it).
+Quora's duplicates and on pairs made from WordNet (``training/pairs.py``), quantised to 8 bits
+and run by onnxruntime (``thrifty/models/verifier.onnx``, about 23 MB, shipped with the package;
+``training/train_verifier.py`` rebuilds it).
 
 A candidate is accepted when the model's probability that one answer serves both is at least
-``min_probability`` - calibrated for at most 1% wrong reuse on thrifty's dev pairs and stored
-beside the model, overridable in ``verifier.min_probability``. Every verdict keeps its reason
-(``learned`` with ``p=0.93``). Each candidate is judged on its own, so a verdict never depends on the other candidates.
+``min_probability`` - calibrated for at most 1% wrong reuse on pairs the model never trained on
+and stored beside it, overridable in ``verifier.min_probability``. Every verdict keeps its
+reason (``learned`` with ``p=0.93``). Each candidate is judged on its own, so a verdict never
+depends on the other candidates.
 """
 
 from __future__ import annotations
@@ -68,20 +69,22 @@ class LearnedVerifier:
     def verify_many(self, query: str, candidates: Sequence[tuple[str, float]]) -> list[Verdict]:
         """Verdicts for several candidates of one query; the model judges those the rules leave
         open, each on its own. Never raises: an error is a refusal."""
-        verdicts: list[Verdict | None] = [self.rules.certain(query, text, sim) for text, sim in candidates]
-        open_ = [i for i, v in enumerate(verdicts) if v is None]
-        if open_:
-            try:
-                probabilities = self.probabilities([(query, candidates[i][0]) for i in open_])
-            except Exception as exc:  # noqa: BLE001 - a verifier failure is a miss, never a hit
-                log.warning("thrifty: the learned verifier failed (%r); refusing", exc)
-                return [v if v is not None else Verdict(False, "verifier_error", repr(exc)) for v in verdicts]
-            for i, p in zip(open_, probabilities):
-                if p is None:
-                    verdicts[i] = Verdict(False, "too_long", f"over {MAX_LENGTH} word pieces")
-                else:
-                    verdicts[i] = Verdict(p >= self.min_probability, "learned", f"p={p:.2f}")
-        return [v if v is not None else Verdict(False, "verifier_error", "no verdict") for v in verdicts]
+        try:
+            assessed = self.assess(query, candidates)
+        except Exception as exc:  # noqa: BLE001 - a verifier failure is a miss, never a hit
+            log.warning("thrifty: the learned verifier failed (%r); refusing", exc)
+            return [self.rules.certain(query, text, sim) or Verdict(False, "verifier_error", repr(exc))
+                    for text, sim in candidates]
+        return [a if isinstance(a, Verdict) else Verdict(a >= self.min_probability, "learned", f"p={a:.2f}")
+                for a in assessed]
+
+    def assess(self, query: str, candidates: Sequence[tuple[str, float]]) -> list[Verdict | float]:
+        """For each candidate, the certain rules' verdict, or else the model's probability that one
+        answer serves both (a pair too long for the model is refused). Raises when the model fails."""
+        verdicts = [self.rules.certain(query, text, sim) for text, sim in candidates]
+        open_pairs = [(query, text) for (text, _), v in zip(candidates, verdicts) if v is None]
+        judged = iter(self.probabilities(open_pairs) if open_pairs else [])
+        return [v if v is not None else _or_too_long(next(judged)) for v in verdicts]
 
     def probabilities(self, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
         """The model's probability, for each (new text, stored text), that one answer serves both
@@ -118,6 +121,10 @@ class LearnedVerifier:
                     self._session = ort.InferenceSession(str(self.model_path), options,
                                                          providers=["CPUExecutionProvider"])
         return self._session, self._tokenizer
+
+
+def _or_too_long(probability: float | None) -> Verdict | float:
+    return Verdict(False, "too_long", f"over {MAX_LENGTH} word pieces") if probability is None else probability
 
 
 def _sigmoid(logit: float) -> float:

@@ -63,7 +63,7 @@ class VerifierSettings(_Section):
         "rules alone (reuses only the same words; refuses whatever they cannot be certain of)")
     min_probability: float | None = Field(
         None, gt=0, lt=1, description="learned: the probability a candidate needs to be reused; None: the "
-        "threshold calibrated with the shipped model (at most 1% wrong reuse on thrifty's dev pairs)")
+        "threshold calibrated with the shipped model (at most 1% wrong reuse on pairs it never trained on)")
     min_similarity: float = Field(0.4, ge=-1, le=1, description="below this cosine nothing is reused")
 
 

@@ -45,6 +45,16 @@ class Verdict:
     reason: str
     detail: str = ""
 
+    @property
+    def summary(self) -> str:
+        """The reason and what differed, as one line: "learned p=0.12", "number ['2'] vs ['3']"."""
+        return summary(self.reason, self.detail)
+
+
+def summary(reason: str, detail: str) -> str:
+    """A verdict's reason and detail as one line (a hit's or a refusal's, in lookups and the ledger)."""
+    return f"{reason} {detail}".strip()
+
 
 @runtime_checkable
 class Verifier(Protocol):
@@ -269,6 +279,12 @@ def verify_all(verifier: Verifier, query: str, candidates: Sequence[tuple[str, f
     if callable(many):
         return list(many(query, candidates))
     return [verifier.verify(query, text, similarity) for text, similarity in candidates]
+
+
+def runs_a_model(verifier: Verifier) -> bool:
+    """Whether ``verifier`` runs a model (the learned one): async callers then verify on a worker
+    thread, never on the event loop."""
+    return bool(getattr(verifier, "runs_a_model", False))
 
 
 def default_verifier(settings: ThriftySettings) -> Verifier:

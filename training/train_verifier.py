@@ -65,7 +65,7 @@ def close_others(questions: list[str], partner: dict[str, set[str]], embedder: A
                  rng: random.Random) -> list[tuple[str, str]]:
     """``count`` pairs of different Quora questions the embedding finds close (cosine 0.70-0.88),
     neither listed as the other's duplicate."""
-    vectors = np.stack([v for v in embedder.embed_truncated(questions)])
+    vectors = np.asarray(embedder.embed_truncated(questions))
     order = list(range(len(questions)))
     rng.shuffle(order)
     out: list[tuple[str, str]] = []
@@ -150,12 +150,9 @@ def calibrate(model_path: Path, embedder: Any, pairs: list[Any],
     for k, p in enumerate(pairs):
         a, b = vectors[2 * k], vectors[2 * k + 1]
         similarity = float(np.dot(a, b)) if a is not None and b is not None else 0.0
-        certain = verifier.rules.certain(p.b, p.a, similarity)
-        if certain is not None:
-            prob: float | None = 1.0 if certain.accepted else -1.0
-        else:
-            prob = verifier.probabilities([(p.b, p.a)])[0]
-        scored.append((prob if prob is not None else -1.0, p.label))
+        (assessed,) = verifier.assess(p.b, [(p.a, similarity)])
+        prob = assessed if isinstance(assessed, float) else (1.0 if assessed.accepted else -1.0)
+        scored.append((prob, p.label))
     negatives = sorted((s for s, label in scored if label == 0), reverse=True)
     allowed = int(wrong_rate * len(negatives))
     threshold = negatives[allowed] + 1e-6 if allowed < len(negatives) else 0.0
