@@ -3,7 +3,7 @@
     thrifty bench proxy [--requests 600] [--rounds 3] [--concurrency 16] [--warmup 48] [--json FILE]
     (or: python -m benchmarks.proxy)
 
-Starts the stand-in upstream (``tests/standin_server.py``, answers instantly) and two LiteLLM
+Starts the stand-in upstream (``thrifty.standin``, answers instantly) and two LiteLLM
 proxies on loopback, one worker each, both built from ``examples/litellm_config.yaml``: "off"
 without thrifty's callback and ``thrifty:`` section, "on" as the example, with its cache file in
 a temporary folder. Then, in ``--rounds`` interleaved rounds (the order rotates, so noise hits all
@@ -53,7 +53,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "litellm_config.yaml"
-STANDIN = ROOT / "tests" / "standin_server.py"
 MODEL = "gpt-4o-mini"
 CONDITIONS = ("off", "cold", "warm")
 ORDERS = (("off", "cold", "warm"), ("cold", "warm", "off"), ("cold", "off", "warm"))  # warm always after cold
@@ -138,8 +137,8 @@ def tail(path: Path, lines: int = 30) -> str:
 def start_standin(folder: Path) -> tuple[subprocess.Popen[str], str]:
     log = folder / "standin.log"
     with log.open("w") as err:
-        proc = subprocess.Popen([sys.executable, str(STANDIN), "--port", "0"], stdout=subprocess.PIPE, stderr=err,
-                                text=True, cwd=folder, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-m", "thrifty.standin", "--port", "0"], stdout=subprocess.PIPE,
+                                stderr=err, text=True, cwd=folder, start_new_session=True)
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 30)
     line = proc.stdout.readline().strip() if ready else ""

@@ -14,7 +14,7 @@ Run it from the repository root::
     python examples/langchain_agents.py                          # against the bundled stand-in
     OPENAI_API_KEY=sk-... python examples/langchain_agents.py    # against OpenAI (a few cents)
 
-Without ``OPENAI_API_KEY`` the OpenAI-compatible stand-in in ``tests/standin_server.py`` is started
+Without ``OPENAI_API_KEY`` the OpenAI-compatible stand-in in ``thrifty.standin`` is started
 (``examples/standin.py``). The cache and the ledger live in a temporary directory.
 """
 

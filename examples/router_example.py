@@ -14,7 +14,7 @@ Run it from the repository root::
     python examples/router_example.py                          # against the bundled stand-in provider
     OPENAI_API_KEY=sk-... python examples/router_example.py    # against OpenAI (a few cents at most)
 
-On the stand-in (``tests/standin_server.py``, started by ``examples/standin.py``), the directive
+On the stand-in (``thrifty.standin``, started by ``examples/standin.py``), the directive
 ``[refuse-if:mini]`` in the third question makes gpt-4o-mini refuse. A real gpt-4o-mini would
 answer it, so against a real provider a validator of your own rejects the cheap tier's answer to
 that one request instead (``install(validator=...)``: any ``(completion, request) -> bool | str``).

@@ -14,7 +14,7 @@ Run it from the repository root::
     python examples/sdk_example.py                          # against the bundled stand-in provider
     OPENAI_API_KEY=sk-... python examples/sdk_example.py    # against OpenAI (a few cents at most)
 
-Without ``OPENAI_API_KEY`` the OpenAI-compatible stand-in in ``tests/standin_server.py`` is started
+Without ``OPENAI_API_KEY`` the OpenAI-compatible stand-in in ``thrifty.standin`` is started
 (``examples/standin.py``): instant, no network, answers ``[<model>] Answer to: <question>``.
 The cache lives in a temporary directory, so every run starts cold; drop ``cache=...`` from
 ``install()`` to keep it in ``~/.cache/thrifty/cache.sqlite3`` across runs.

@@ -1,5 +1,5 @@
 """A model provider for the examples: the real one when ``OPENAI_API_KEY`` is set, else the
-OpenAI-compatible stand-in in ``tests/standin_server.py`` (instant, deterministic, no network).
+OpenAI-compatible stand-in ``thrifty.standin`` (instant, deterministic, no network).
 
     from standin import ensure_provider      # before importing litellm: sets offline defaults
 
@@ -20,7 +20,6 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 # LiteLLM reads these when it is imported: its bundled price map instead of a download, and no
@@ -28,7 +27,6 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-STANDIN_SERVER = Path(__file__).resolve().parent.parent / "tests" / "standin_server.py"
 
 
 @contextmanager
@@ -39,7 +37,7 @@ def ensure_provider() -> Iterator[str | None]:
     if os.environ.get("OPENAI_API_KEY"):
         yield None
         return
-    process = subprocess.Popen([sys.executable, str(STANDIN_SERVER), "--port", "0"], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "thrifty.standin", "--port", "0"], stdout=subprocess.PIPE,
                                text=True)
     saved = {name: os.environ.get(name) for name in ("OPENAI_API_BASE", "OPENAI_API_KEY")}
     try:

@@ -2,7 +2,7 @@
 
 A cassette holds exactly the exchanges a test expects to reach the provider, each playable once:
 a call thrifty should have answered that goes out fails the test (vcrpy refuses an unrecorded or
-replayed request). Re-record from the live stand-in (tests/standin_server.py) with
+replayed request). Re-record from the live stand-in (thrifty.standin) with
 ``THRIFTY_RECORD_CASSETTES=1``; see cassettes/README.md.
 """
 

@@ -5,7 +5,7 @@ HTTP client by vcrpy.
 A cassette holds exactly the exchanges that should reach the provider, each playable once, and
 nothing else: a call thrifty should have answered that goes out fails the test (vcrpy refuses an
 unrecorded or replayed request), and every test checks how many exchanges were played. Re-record
-with a live stand-in provider (tests/standin_server.py) with
+with a live stand-in provider (thrifty.standin) with
 
     THRIFTY_RECORD_CASSETTES=1 .venv/bin/pytest tests/test_litellm_sdk.py
 """
