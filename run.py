@@ -88,6 +88,24 @@ def ensure_project(extra: str) -> None:
     stamp.write_text(digest)
 
 
+def ensure_chromium() -> None:
+    """Install Debian's ``chromium`` for the HTML report's rendering test when it is missing and
+    this is root on a system with apt-get. Best effort: when it cannot, the test skips and says why."""
+    if shutil.which("chromium") or shutil.which("chromium-browser"):
+        return
+    if os.name == "nt" or not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
+        say("chromium is not installed (and this is not root with apt-get): the report rendering test will skip")
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
+    say("installing chromium with apt-get, for the report rendering test")
+    if subprocess.run(install, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+        say("apt-get install failed; running apt-get update and trying again")
+        subprocess.run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL)
+        if subprocess.run(install, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+            say("could not install chromium: the report rendering test will skip")
+
+
 def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] not in EXTRAS:
         print(__doc__)
@@ -102,6 +120,7 @@ def main() -> int:
     env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
                LITELLM_LOCAL_MODEL_COST_MAP=os.environ.get("LITELLM_LOCAL_MODEL_COST_MAP", "True"))
     if command == "test":
+        ensure_chromium()
         argv = [str(PYTHON), "-m", "pytest", *args]
     elif command == "demo":
         argv = [str(BIN / "thrifty"), "demo", *args]

@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 DEFAULT_CACHE_PATH = Path("~/.cache/thrifty/cache.sqlite3")
+DEFAULT_LEDGER_PATH = Path("~/.cache/thrifty/ledger.jsonl")
 
 
 class SettingsError(ValueError):
@@ -223,7 +224,8 @@ class ModelPrice(_Section):
 class LedgerSettings(_Section):
     """Where the record of calls made and avoided is kept."""
 
-    path: Path | None = Field(None, description="JSON-lines file; None keeps the ledger in memory")
+    path: Path | None = Field(DEFAULT_LEDGER_PATH, description="JSON-lines file that `thrifty report` reads "
+                              "(by default beside the default cache); None keeps the ledger in memory only")
 
 
 _YAML_FILE: ContextVar[tuple[Path, str] | None] = ContextVar("thrifty_yaml_file", default=None)

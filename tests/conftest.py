@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -12,6 +15,10 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# With default settings thrifty appends its ledger to ~/.cache/thrifty/ledger.jsonl: the tests (and
+# the processes they start) write to a temporary file instead. Settings given explicitly, such as
+# ledger={"path": None}, still win over the environment.
+os.environ["THRIFTY_LEDGER__PATH"] = os.path.join(tempfile.mkdtemp(prefix="thrifty-test-ledger-"), "ledger.jsonl")
 
 import pytest
 from thrifty.cache import SemanticCache
@@ -27,6 +34,7 @@ from thrifty.settings import EmbedderSettings, ThriftySettings
 from thrifty.vectors import Vector
 from thrifty.verifier import Verdict
 
+atexit.register(shutil.rmtree, os.path.dirname(os.environ["THRIFTY_LEDGER__PATH"]), True)
 REPO = Path(__file__).resolve().parent.parent
 TEST_REDIS_URL = os.environ.get("THRIFTY_TEST_REDIS_URL")
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -217,13 +225,13 @@ class Clock:
 
 
 class Standin:
-    """The OpenAI-compatible stand-in (tests/standin_server.py) running in its own process."""
+    """The OpenAI-compatible stand-in (``python -m thrifty.standin``) running in its own process."""
 
     def __init__(self) -> None:
         import subprocess
         import sys
 
-        self.process = subprocess.Popen([sys.executable, str(REPO / "tests" / "standin_server.py")],
+        self.process = subprocess.Popen([sys.executable, "-m", "thrifty.standin"],
                                         stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
         self.url = self.process.stdout.readline().strip()  # http://127.0.0.1:PORT/v1

@@ -16,12 +16,23 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def run_example(name: str, *args: str, timeout: float = 300) -> str:
+def example_env(home: Path | None = None) -> dict[str, str]:
+    """The environment of a user with no settings of thrifty's. Its default ledger goes to the
+    session's temporary file (tests/conftest.py), or with ``home``, to its default place under
+    that folder (the HOME of the example and of ``thrifty report`` after it)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("OPENAI_API_KEY", "OPENAI_API_BASE", "LITELLM_MASTER_KEY") and not k.startswith("THRIFTY_")}
     env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    result = subprocess.run([sys.executable, f"examples/{name}", *args], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=timeout)
+    if home is None:
+        env["THRIFTY_LEDGER__PATH"] = os.environ["THRIFTY_LEDGER__PATH"]
+    else:
+        env["HOME"] = str(home)
+    return env
+
+
+def run_example(name: str, *args: str, timeout: float = 300, home: Path | None = None) -> str:
+    result = subprocess.run([sys.executable, f"examples/{name}", *args], cwd=REPO, env=example_env(home),
+                            capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{name} exited with {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
@@ -38,8 +49,15 @@ def steps(output: str) -> dict[str, str]:
     return blocks
 
 
-def test_sdk_example() -> None:
-    out = steps(run_example("sdk_example.py"))
+@pytest.fixture(scope="module")
+def sdk_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The SDK example run once, as a new user runs it: default settings, HOME a fresh folder."""
+    home = tmp_path_factory.mktemp("home")
+    return home, run_example("sdk_example.py", home=home)
+
+
+def test_sdk_example(sdk_home: tuple[Path, str]) -> None:
+    out = steps(sdk_home[1])
     assert "'decision': 'call'" in out["1"] and "went to the provider" in out["1"]
     # the reworded question: a semantic cache hit, at zero cost in LiteLLM's accounting
     assert "'decision': 'cache_hit'" in out["2"] and "'source': 'semantic'" in out["2"]
@@ -54,6 +72,21 @@ def test_sdk_example() -> None:
     # the stream replayed from the cache
     assert "served from the cache as a stream" in out["5"] and "cache_hit=True" in out["5"]
     assert re.search(r"upstream calls \(stand-in\)\s+3\b", out["rest"]), out["rest"]
+
+
+def test_thrifty_report_after_the_sdk_example_shows_the_spend(sdk_home: tuple[Path, str]) -> None:
+    home = sdk_home[0]
+    assert (home / ".cache" / "thrifty" / "ledger.jsonl").is_file()  # the default ledger, beside the cache
+    result = subprocess.run([str(Path(sys.executable).parent / "thrifty"), "report"], cwd=home,
+                            env=example_env(home), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    total = next(line.split()[1:] for line in result.stdout.splitlines() if line.startswith("total"))
+    calls, hits, joined, refused, spent, saved = int(total[0]), int(total[1]), int(total[2]), int(total[3]), \
+        float(total[4]), float(total[5])
+    # 3 upstream calls; the reworded and the streamed question from the cache, 4 of the 5 concurrent
+    # callers served by the first one; the other order number refused
+    assert (calls, hits + joined, refused) == (3, 6, 1), result.stdout
+    assert spent > 0 and saved > 0, result.stdout
 
 
 def test_router_example() -> None:
