@@ -2,7 +2,8 @@
 
     thrifty demo                     a multi-agent workload through the cache, and the savings
     thrifty eval pairs FILE [--json] labelled request pairs: true hits, false hits, misses
-    thrifty report LEDGER [--json]   spend and savings from a ledger file, by agent, model, ...
+    thrifty report [LEDGER] [--json | --html PATH]
+                                     spend, savings and budget left from the ledger, by agent, model, ...
     thrifty bench NAME [ARGS...]     run a benchmark from a checkout's benchmarks/ folder
 """
 
@@ -37,9 +38,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="YAML file with a 'thrifty:' section")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="run a multi-agent workload through the cache")
-    demo.add_argument("--cache", type=Path, help="cache file to use (default: a fresh temporary one)")
-    demo.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
+    demo = commands.add_parser("demo", help="a multi-agent workload through LiteLLM in every configuration, "
+                               "side by side, and a report")
+    demo.add_argument("--requests", type=int, default=600, help="size of the workload (default 600)")
+    demo.add_argument("--agents", type=int, default=12, help="tickets worked on at once (default 12)")
+    demo.add_argument("--seed", type=int, default=7, help="the workload's seed (default 7)")
+    demo.add_argument("--latency-scale", type=float, default=0.1,
+                      help="the stand-in's latency as a share of typical provider latency (default 0.1)")
+    demo.add_argument("--out", type=Path, default=Path("~/.cache/thrifty/demo"),
+                      help="where the ledger and report.html go (default ~/.cache/thrifty/demo)")
+    demo.add_argument("--redis-url", help="also run thrifty on this Redis (with the query engine)")
+    demo.add_argument("--json", action="store_true", help="print one JSON object with a 'configurations' list")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
 
     evaluate = commands.add_parser("eval", help="evaluate decisions on labelled data")
@@ -59,10 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     router.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     router.set_defaults(run=_eval_router)
 
-    report = commands.add_parser("report", help="spend and savings from a ledger file")
-    report.add_argument("ledger", type=Path, nargs="?", help="ledger file (default: settings.ledger.path)")
+    report = commands.add_parser("report", help="spend, savings and budget left, from a ledger file")
+    report.add_argument("ledger", type=Path, nargs="?",
+                        help="ledger file (default: settings.ledger.path, ~/.cache/thrifty/ledger.jsonl)")
     report.add_argument("--by", default="agent", choices=["agent", "model", "workflow", "tenant", "user"])
-    report.add_argument("--json", action="store_true", help="one JSON object: totals, groups, budgets")
+    output = report.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true",
+                        help="one JSON object: totals, groups, savings by source, budgets")
+    output.add_argument("--html", type=Path, metavar="PATH", help="write the HTML report to PATH and print its path")
     report.set_defaults(run=_report)
 
     bench = commands.add_parser("bench", help="run benchmarks/NAME.py from the current checkout")
@@ -77,17 +91,12 @@ def _settings(args: argparse.Namespace) -> ThriftySettings:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from . import demo
 
-    settings = None
-    if args.config or args.cache:
-        settings = _settings(args)
-        if args.cache:
-            settings.cache.path = args.cache
-    result = run_demo(args.cache, settings=settings, quiet=args.json)
-    if args.json:
-        print(json.dumps(result))
-    return 0
+    if args.requests < 1 or args.agents < 1 or args.latency_scale < 0:
+        print("thrifty: --requests and --agents must be at least 1, --latency-scale at least 0", file=sys.stderr)
+        return 2
+    return demo.main(args)
 
 
 def _eval_pairs(args: argparse.Namespace) -> int:
@@ -151,26 +160,45 @@ def _report(args: argparse.Namespace) -> int:
 
     from .budget import spent_from_ledger
     from .ledger import group, read_events, summarize
+    from .pricing import PriceTable
+    from .savings import SOURCE_LABELS, savings_by_source
 
-    path = args.ledger or _settings(args).ledger.path
-    if path is None or not Path(path).expanduser().is_file():
-        print(f"thrifty: no ledger file at {path} (set ledger.path, or pass the file)", file=sys.stderr)
+    settings = _settings(args)
+    path = args.ledger or settings.ledger.path
+    if path is None:
+        print("thrifty: ledger.path is null, so the ledger is kept in memory only; set ledger.path, or pass "
+              "the file", file=sys.stderr)
+        return 2
+    if not Path(path).expanduser().is_file():
+        print(f"thrifty: no ledger file at {path}: nothing recorded there yet (set ledger.path, or pass the file)",
+              file=sys.stderr)
         return 2
     events = list(read_events(path))
+    prices = PriceTable(settings.prices)
+    budgets = spent_from_ledger(settings.budget.limits, events)
+    if args.html:
+        from .html_report import write_report
+
+        print(write_report(args.html, events, prices=prices, budgets=budgets, title=f"thrifty report: {path}"))
+        return 0
     total = summarize(events)
     groups = sorted(group(events, args.by).items())
-    budgets = spent_from_ledger(_settings(args).budget.limits, events)
+    sources = savings_by_source(events, prices=prices)
     if args.json:
         print(json.dumps({"totals": asdict(total), "by": args.by, "groups": {k: asdict(v) for k, v in groups},
+                          "savings_by_source": sources.as_dict(), "reference_model": sources.reference_model,
                           "budgets": [{"budget": label, "limit": limit, "spent": spent,
                                        "left": max(0.0, limit - spent)} for label, limit, spent in budgets]}))
         return 0
-    print(f"{'':<20}{'calls':>8}{'hits':>8}{'joined':>8}{'refused':>9}{'spent $':>12}{'saved $':>12}")
+    print(f"{'':<20}{'calls':>8}{'hits':>8}{'joined':>8}{'refused':>9}{'spent $':>14}{'saved $':>14}")
     for name, t in [*groups, ("total", total)]:
-        print(f"{name:<20}{t.calls:>8}{t.hits:>8}{t.joined:>8}{t.refused:>9}{t.cost:>12.4f}{t.saved:>12.4f}")
+        print(f"{name:<20}{t.calls:>8}{t.hits:>8}{t.joined:>8}{t.refused:>9}{t.cost:>14.6f}{t.saved:>14.6f}")
     if total.escalations or total.rejected or total.failed:
         print(f"\nof the calls: {total.escalations} escalated to a higher tier, {total.rejected} rejected by "
               f"validation, {total.failed} failed upstream")
+    print(f"\n{'saved by source':<20}{'$':>14}")
+    for source, dollars in sources.as_dict().items():
+        print(f"{SOURCE_LABELS[source]:<20}{dollars:>14.6f}")
     if budgets:
         print(f"\n{'budget':<36}{'limit $':>10}{'spent $':>12}{'left $':>12}")
         for label, limit, spent in budgets:

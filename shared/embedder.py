@@ -121,6 +121,11 @@ class SentenceTransformerEmbedder:
         self._ensure_loaded()
         return self._window
 
+    def forget(self) -> None:
+        """Drop the memoised vectors (the model stays loaded)."""
+        with self._memo_lock:
+            self._memo.clear()
+
     def embed(self, texts: Sequence[str]) -> list[Vector | None]:
         results: dict[str, Vector | None] = {}
         missing: list[str] = []

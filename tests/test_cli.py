@@ -63,22 +63,6 @@ def test_eval_pairs_rejects_bad_files_with_the_line(tmp_path: Path, content: str
     assert result.returncode == 2 and message in result.stderr
 
 
-def test_demo_saves_calls_and_refuses_near_duplicates() -> None:
-    result = run("demo", "--json")
-    assert result.returncode == 0, result.stderr
-    numbers = json.loads(result.stdout)
-    assert numbers["hits"] >= 8 and numbers["exact_hits"] >= 4 and numbers["semantic_hits"] >= 3
-    assert sum(numbers["refused"].values()) >= 10
-    assert {"number", "direction", "learned"} <= set(numbers["refused"])  # certain rules, then the model
-    assert numbers["cost_with"] < numbers["cost_without"] and numbers["saved"] > 0
-
-
-def test_demo_prints_a_readable_summary() -> None:
-    result = run("demo")
-    assert result.returncode == 0, result.stderr
-    assert "calls saved" in result.stdout and "Near duplicates thrifty refused" in result.stdout
-
-
 def test_report_reads_a_ledger_file(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.jsonl"
     ledger.write_text("\n".join([
@@ -111,5 +95,5 @@ def test_report_shows_what_is_left_of_each_budget(tmp_path: Path) -> None:
 def test_bad_settings_file_is_a_clear_error(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("thrifty:\n  cache:\n    ttl_seconds: -5\n")
-    result = run("--config", str(config), "demo")
+    result = run("--config", str(config), "report")
     assert result.returncode == 2 and "cache.ttl_seconds" in result.stderr

@@ -1,0 +1,210 @@
+"""``thrifty demo``: a multi-agent support desk through real LiteLLM, in every configuration side
+by side, and a report to look at.
+
+The workload (:mod:`thrifty.demo.workload`) is generated from a seed; the provider is thrifty's
+stand-in (:mod:`thrifty.standin`) serving the workload's world (:mod:`thrifty.demo.world`): it
+answers per ground-truth identity with realistic token counts, at LiteLLM's list prices for
+gpt-4o and gpt-4o-mini, and a cheap model fails hard tasks. Each configuration
+(:func:`configurations`) runs the same workload through ``litellm.Router`` (:mod:`thrifty.demo.runner`),
+from no optimisation to thrifty with every part on. The last thrifty configuration's ledger and
+an HTML report of it are written to ``out`` (default ``~/.cache/thrifty/demo``).
+
+Needs LiteLLM (``thrifty[litellm]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..settings import ThriftySettings
+from .runner import Configuration, Result, run
+from .workload import Workload, generate
+from .world import DemoWorld
+
+DEFAULT_OUT = Path("~/.cache/thrifty/demo")
+COSINE_THRESHOLD = 0.92
+REQUEST_LIMIT_USD = 0.02
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """What :func:`run_demo` measured, and where it wrote the ledger and the report."""
+
+    workload: Workload
+    results: list[Result]
+    ledger_path: Path | None
+    report_path: Path | None
+
+    def as_dict(self) -> dict[str, Any]:
+        calls = list(self.workload.calls())
+        return {
+            "workload": {"seed": self.workload.seed, "requests": len(calls), "tickets": len(self.workload.tickets),
+                         "hard_tasks": sum(c.difficulty == "hard" for c in calls),
+                         "identities": len({c.identity for c in calls})},
+            "configurations": [result.as_dict() for result in self.results],
+            "ledger": str(self.ledger_path) if self.ledger_path else None,
+            "report": str(self.report_path) if self.report_path else None,
+        }
+
+
+def configurations(folder: Path, *, redis_url: str | None = None) -> list[Configuration]:
+    """No optimisation, LiteLLM's exact cache, a plain cosine cache, then thrifty with each part
+    added in turn (and on Redis when ``redis_url`` is given). Each thrifty configuration has its
+    own cache and ledger under ``folder``."""
+
+    def thrifty(name: str, *, dedup: bool = True, budgets: bool = False, redis: bool = False) -> ThriftySettings:
+        place = folder / name
+        fields: dict[str, Any] = {
+            "cache": {"path": place / "cache.sqlite3"},
+            "ledger": {"path": place / "ledger.jsonl"},
+            "dedup": {"enabled": dedup},
+        }
+        if budgets:
+            fields["budget"] = {"limits": [{"scope": "request", "usd": REQUEST_LIMIT_USD}]}
+        if redis:
+            fields["redis"] = {"url": redis_url, "key_prefix": f"thrifty-demo-{os.getpid()}"}
+            fields["cache"]["backend"] = "redis"
+            fields["dedup"]["backend"] = "redis"
+            if budgets:
+                fields["budget"]["backend"] = "redis"
+        return ThriftySettings(**fields)
+
+    out = [
+        Configuration("no optimisation (all gpt-4o)"),
+        Configuration("LiteLLM exact cache", litellm_cache=True),
+        Configuration(f"cosine cache {COSINE_THRESHOLD}", thrifty=thrifty("cosine", dedup=False),
+                      cosine=COSINE_THRESHOLD),
+        Configuration("thrifty: cache", thrifty=thrifty("cache", dedup=False)),
+        Configuration("thrifty: + single-flight", thrifty=thrifty("single-flight")),
+        Configuration("thrifty: + routing", model="auto", thrifty=thrifty("routing")),
+        Configuration("thrifty: + budgets (all parts)", model="auto", thrifty=thrifty("all", budgets=True)),
+    ]
+    if redis_url:
+        out.append(Configuration("thrifty on Redis (all parts)", model="auto",
+                                 thrifty=thrifty("redis", budgets=True, redis=True)))
+    return out
+
+
+async def _run_all(workload: Workload, configs: Sequence[Configuration], agents: int, latency_scale: float,
+                   show_progress: bool) -> list[Result]:
+    from ..embedder import SentenceTransformerEmbedder
+    from ..verifier import default_verifier
+
+    embedder = SentenceTransformerEmbedder()
+    verifier = default_verifier(ThriftySettings(ledger={"path": None}))
+    world = DemoWorld(workload.calls(), latency_scale=latency_scale)
+    # load both models now, so that no configuration's latencies carry the loading
+    await asyncio.to_thread(embedder.embed, ["warming up"])
+    await asyncio.to_thread(verifier.verify, "How do I reset my password?", "How can I reset my password?", 0.95)
+    total = len(workload)
+    results: list[Result] = []
+    for config in configs:
+        bar = _bar(config.name, total, show_progress)
+        try:
+            result = await run(config, workload, world, agents=agents, embedder=embedder, verifier=verifier,
+                               progress=bar.update if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        results.append(result)
+    baseline = results[0].cost_usd if results else 0.0
+    for result in results:
+        result.saving_pct = 100 * (1 - result.cost_usd / baseline) if baseline else 0.0
+    return results
+
+
+def _bar(name: str, total: int, show: bool) -> Any:
+    if not show:
+        return None
+    from tqdm import tqdm  # type: ignore[import-untyped]  # installed with sentence-transformers
+
+    return tqdm(total=total, desc=f"{name:<32}", unit="call", file=sys.stderr, leave=True,
+                bar_format="{desc} {bar} {n_fmt}/{total_fmt} [{elapsed}]")
+
+
+def run_demo(*, requests: int = 600, agents: int = 12, seed: int = 7, latency_scale: float = 0.1,
+             out: Path | None = DEFAULT_OUT, redis_url: str | None = None, progress: bool = True) -> DemoRun:
+    """Generate the workload, run it in every configuration, and write the last thrifty
+    configuration's ledger and an HTML report to ``out`` (None: write nothing)."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import litellm
+    except ImportError as exc:  # pragma: no cover - the demo's extra is missing
+        raise SystemExit("thrifty demo needs LiteLLM: pip install 'thrifty[litellm]'") from exc
+    litellm.suppress_debug_info = True
+    workload = generate(requests, seed)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="thrifty-demo-") as tmp:
+        configs = configurations(Path(tmp), redis_url=redis_url)
+        results = asyncio.run(_run_all(workload, configs, agents, latency_scale, progress))
+        ledger_path = report_path = None
+        if out is not None:
+            ledger_path, report_path = _keep(results, configs, out.expanduser())
+    return DemoRun(workload, results, ledger_path, report_path)
+
+
+def _keep(results: Sequence[Result], configs: Sequence[Configuration], out: Path) -> tuple[Path | None, Path | None]:
+    """Copy the last thrifty configuration's ledger to ``out`` and write the report beside it."""
+    last = next((r for r in reversed(results) if r.ledger_path), None)
+    if last is None or last.ledger_path is None or not Path(last.ledger_path).is_file():
+        return None, None
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = out / "ledger.jsonl"
+    ledger.write_text(Path(last.ledger_path).read_text(encoding="utf-8"), encoding="utf-8")
+    try:
+        from ..html_report import write_report
+        from ..ledger import read_events
+    except ImportError:
+        return ledger, None
+    report = write_report(out / "report.html", list(read_events(ledger)),
+                          configurations=[r.as_dict() for r in results], title="thrifty demo")
+    return ledger, Path(report)
+
+
+def print_table(run_: DemoRun, file: Any = None) -> None:
+    """The side-by-side table, and where the ledger and the report are."""
+    out = file or sys.stdout
+    calls = list(run_.workload.calls())
+    print(f"\n{len(calls)} requests from {len(run_.workload.tickets)} tickets, 6 agents, "
+          f"{sum(c.difficulty == 'hard' for c in calls)} hard tasks (seed {run_.workload.seed}); "
+          "stand-in provider at LiteLLM's list prices\n", file=out)
+    head = (f"{'configuration':<32}{'calls':>6}{'cost $':>9}{'saved':>7}{'p50 ms':>8}{'p95 ms':>8}"
+            f"{'exact':>6}{'sem.':>5}{'join':>5}{'mini':>6}{'esc.':>5}{'budg.':>6}{'WRONG':>6}{'failed':>7}")
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    for r in run_.results:
+        mini = r.tier_share.get("gpt-4o-mini", 0.0)
+        print(f"{r.name:<32}{r.upstream_calls:>6}{r.cost_usd:>9.4f}{r.saving_pct:>6.1f}%{r.p50_ms:>8.0f}"
+              f"{r.p95_ms:>8.0f}{r.hits_exact:>6}{r.hits_semantic:>5}{r.joined:>5}{100 * mini:>5.0f}%"
+              f"{r.escalations:>5}{r.budget_refusals:>6}{r.wrong_answers:>6}{r.hard_on_failing_tier:>7}", file=out)
+    print("\ncalls: upstream calls; saved: cost saved against the first row; exact/sem./join: answers reused "
+          "from the exact tier, the vector tier, a joined call in flight; mini: share of calls on gpt-4o-mini; "
+          "esc.: escalations to a higher tier; budg.: budget refusals; WRONG: answers to another question "
+          "served; failed: hard tasks answered by a tier that failed them.", file=out)
+    errors = sum(r.errors for r in run_.results)
+    if errors:
+        print(f"errors: {errors} calls raised (see the per-configuration 'errors' in --json)", file=out)
+    if run_.ledger_path:
+        print(f"\nledger: {run_.ledger_path}", file=out)
+    if run_.report_path:
+        print(f"report: {run_.report_path}", file=out)
+
+
+def main(args: Any) -> int:
+    """``thrifty demo`` (arguments parsed by :mod:`thrifty.cli`)."""
+    run_ = run_demo(requests=args.requests, agents=args.agents, seed=args.seed, latency_scale=args.latency_scale,
+                    out=args.out, redis_url=args.redis_url, progress=not args.json and not args.quiet)
+    if args.json:
+        print(json.dumps(run_.as_dict()))
+    else:
+        print_table(run_)
+    return 0

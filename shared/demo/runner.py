@@ -1,0 +1,228 @@
+"""Running the demo's workload through real LiteLLM in one configuration, and what came of it.
+
+Every configuration gets the same workload, the same stand-in provider (served over HTTP on a
+local port: LiteLLM's own OpenAI client calls it) and a fresh ``litellm.Router`` with two model
+groups: ``gpt-4o`` (the premium model alone) and ``auto`` (tiers ``cheap`` = gpt-4o-mini and
+``premium`` = gpt-4o, for thrifty's router). ``agents`` tickets are worked on at once; within a
+ticket, the calls of one wave are fired together. Upstream calls and dollars are the provider's
+own count (what it answered and the tokens it billed, priced by LiteLLM's cost map), not
+thrifty's ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..embedder import Embedder
+from ..ledger import Ledger
+from ..pricing import PriceTable
+from ..settings import ThriftySettings
+from ..standin import StandIn
+from ..verifier import Verifier
+from .workload import DemoCall, Ticket, Workload
+from .world import DemoWorld
+
+PREMIUM, CHEAP = "gpt-4o", "gpt-4o-mini"
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One way of running the workload.
+
+    ``model``: what the agents ask for (``gpt-4o``, or ``auto`` for thrifty's router);
+    ``litellm_cache``: LiteLLM's own exact cache (``litellm.Cache(type="local")``);
+    ``thrifty``: thrifty's settings, None for no thrifty; ``cosine``: a plain cosine-threshold
+    cache (thrifty's embedder, every neighbour at or above it reused, no verifier)."""
+
+    name: str
+    model: str = PREMIUM
+    litellm_cache: bool = False
+    thrifty: ThriftySettings | None = None
+    cosine: float | None = None
+
+
+@dataclass
+class CallRecord:
+    call: DemoCall
+    latency_ms: float
+    judgement: str
+    decision: str  # call, cache_hit, joined, budget_refused, error
+    source: str = ""
+    escalations: int = 0
+    model: str = ""  # the model that answered (the original call's, for a reused answer)
+
+
+@dataclass
+class Result:
+    """What one configuration did. ``cost_usd`` and ``upstream_calls`` are the provider's count."""
+
+    name: str
+    requests: int
+    upstream_calls: int
+    cost_usd: float
+    p50_ms: float
+    p95_ms: float
+    hits_exact: int
+    hits_semantic: int
+    joined: int
+    escalations: int
+    budget_refusals: int
+    errors: int
+    wrong_answers: int
+    hard_on_failing_tier: int
+    tier_share: dict[str, float]
+    wall_s: float
+    saving_pct: float = 0.0
+    ledger_path: str | None = None
+    records: list[CallRecord] = field(default_factory=list, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "records"}
+        out["cost_usd"] = round(self.cost_usd, 6)
+        return out
+
+
+def router_for(url: str) -> Any:
+    """A fresh Router: group ``gpt-4o`` (premium alone) and group ``auto`` (the two tiers)."""
+    from litellm.router import Router
+
+    def deployment(group: str, model: str, tier: str | None = None) -> dict[str, Any]:
+        entry: dict[str, Any] = {"model_name": group,
+                                 "litellm_params": {"model": f"openai/{model}", "api_base": url,
+                                                    "api_key": "sk-standin"}}
+        if tier:
+            entry["model_info"] = {"thrifty_tier": tier}
+        return entry
+
+    return Router(model_list=[deployment(PREMIUM, PREMIUM), deployment("auto", CHEAP, "cheap"),
+                              deployment("auto", PREMIUM, "premium")], num_retries=0)
+
+
+class CosineThreshold:
+    """A plain semantic cache's test: reuse any neighbour at or above ``threshold``, nothing else
+    checked (the common recipes' cache; a baseline, never thrifty's default)."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    def verify(self, query: str, candidate: str, similarity: float) -> Any:
+        from ..verifier import Verdict
+
+        accepted = similarity >= self.threshold
+        return Verdict(accepted, "cosine" if accepted else "below_threshold", f"{similarity:.3f}")
+
+
+async def run(config: Configuration, workload: Workload, world: DemoWorld, *, agents: int,
+              embedder: Embedder, verifier: Verifier,
+              progress: Callable[[int], None] | None = None) -> Result:
+    """Run ``workload`` in ``config`` against a stand-in serving ``world``; ``progress(n)`` is
+    called as calls finish."""
+    import litellm
+
+    import litellm_plugins
+    from litellm_plugins import BudgetExceededError, CostAwareRouting
+
+    from ..gate import Thrifty
+
+    litellm_plugins.uninstall()
+    litellm.cache = None
+    clear = getattr(embedder, "forget", None)
+    if callable(clear):
+        clear()  # every configuration computes its own embeddings
+    standin = StandIn(world)
+    url = await standin.start()
+    router = router_for(url)
+    ledger_path: Path | None = None
+    try:
+        if config.litellm_cache:
+            from litellm.caching.caching import Cache, LiteLLMCacheType
+
+            litellm.cache = Cache(type=LiteLLMCacheType.LOCAL)
+        if config.thrifty is not None:
+            ledger_path = Path(config.thrifty.ledger.path) if config.thrifty.ledger.path else None
+            gate = Thrifty(config.thrifty, embedder=embedder, ledger=Ledger(ledger_path),
+                           verifier=CosineThreshold(config.cosine) if config.cosine is not None else verifier)
+            litellm_plugins.install(gate=gate)
+            if config.model == "auto":
+                CostAwareRouting.install(router)
+        records: list[CallRecord] = []
+
+        async def one(call: DemoCall) -> None:
+            request = call.request(config.model)
+            if config.litellm_cache:
+                request["caching"] = True
+            started = time.perf_counter()
+            decision, source, escalations, content, model = "call", "", 0, None, ""
+            try:
+                response = await router.acompletion(**request)
+                content = response.choices[0].message.content
+                model = str(response.model or "")
+                hidden = getattr(response, "_hidden_params", {}) or {}
+                info = hidden.get("thrifty") or {}
+                if info:
+                    decision = info.get("decision", "call")
+                    source = str(info.get("source") or "")
+                    escalations = len(info.get("escalations") or ())
+                elif hidden.get("cache_hit"):
+                    decision, source = "cache_hit", "exact"
+            except BudgetExceededError:
+                decision = "budget_refused"
+            except Exception:  # noqa: BLE001 - counted and shown, the run goes on
+                decision = "error"
+            latency = 1000 * (time.perf_counter() - started)
+            judgement = world.judge(call, content) if decision not in ("budget_refused", "error") else decision
+            records.append(CallRecord(call, latency, judgement, decision, source, escalations, model))
+            if progress is not None:
+                progress(1)
+
+        async def ticket(item: Ticket, slots: asyncio.Semaphore) -> None:
+            async with slots:
+                for wave in item.waves:
+                    await asyncio.gather(*(one(call) for call in wave))
+
+        slots = asyncio.Semaphore(agents)
+        started = time.perf_counter()
+        await asyncio.gather(*(ticket(item, slots) for item in workload.tickets))
+        wall = time.perf_counter() - started
+        return _result(config.name, records, standin.stats(), wall, ledger_path)
+    finally:
+        litellm_plugins.uninstall()
+        litellm.cache = None
+        await standin.stop()
+
+
+def _result(name: str, records: list[CallRecord], stats: dict[str, Any], wall: float,
+            ledger_path: Path | None) -> Result:
+    prices = PriceTable()
+    cost = sum(prices.cost(model, t.get("prompt_tokens", 0), t.get("completion_tokens", 0))
+               for model, t in stats["tokens_by_model"].items())
+    calls = int(stats["calls"])
+    latencies = sorted(r.latency_ms for r in records)
+    decisions = Counter((r.decision, r.source) for r in records)
+    judgements = Counter(r.judgement for r in records)
+    return Result(
+        name=name, requests=len(records), upstream_calls=calls, cost_usd=cost,
+        p50_ms=statistics.median(latencies) if latencies else 0.0,
+        p95_ms=latencies[int(0.95 * (len(latencies) - 1))] if latencies else 0.0,
+        hits_exact=decisions[("cache_hit", "exact")],
+        hits_semantic=decisions[("cache_hit", "semantic")],
+        joined=sum(n for (decision, _), n in decisions.items() if decision == "joined"),
+        escalations=sum(r.escalations for r in records),
+        budget_refusals=sum(n for (decision, _), n in decisions.items() if decision == "budget_refused"),
+        errors=sum(n for (decision, _), n in decisions.items() if decision == "error"),
+        wrong_answers=judgements["wrong"],
+        hard_on_failing_tier=sum(1 for r in records if r.judgement == "failed" and r.call.difficulty == "hard"),
+        tier_share={model: n / calls for model, n in sorted(stats["by_model"].items())} if calls else {},
+        wall_s=wall, ledger_path=str(ledger_path) if ledger_path else None, records=records)
+
+
+def temporary_folder() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="thrifty-demo-")

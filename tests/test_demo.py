@@ -1,0 +1,119 @@
+"""The demo: its workload's ground truth, its stand-in world's judgement, and ``thrifty demo`` run
+for real (LiteLLM's Router, the stand-in over HTTP, the real embedder and verifier) at a small size."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from thrifty.demo.workload import HARD, TRICKY, DemoCall, check_identities, generate
+from thrifty.demo.world import DemoWorld
+from thrifty.standin import REFUSAL
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def body(call: DemoCall, model: str) -> dict[str, Any]:
+    return call.request(model)
+
+
+def test_the_workload_is_reproducible_and_holds_every_kind_of_request() -> None:
+    workload = generate(400, seed=3)
+    calls = list(workload.calls())
+    assert [c.digest for c in calls] == [c.digest for c in generate(400, seed=3).calls()]
+    assert [c.digest for c in calls] != [c.digest for c in generate(400, seed=4).calls()]
+    assert len(calls) >= 400
+    texts_per_identity = Counter(c.identity for c in {c.digest: c for c in calls}.values())
+    assert any(n > 1 for n in texts_per_identity.values())  # paraphrases: one answer, other words
+    intents = Counter(c.identity.split("|")[0] for c in {c.identity: c for c in calls}.values())
+    assert intents["order_status"] > 5 and intents["shipping_time"] > 1  # near duplicates: other slots
+    assert any(len(wave) > 1 and len({c.digest for c in wave}) == 1
+               for ticket in workload.tickets for wave in ticket.waves)  # bursts of identical calls
+    assert any(len(c.messages) > 2 for c in calls)  # multi-turn
+    assert any(c.json_output for c in calls) and any(c.tools for c in calls) and any(c.user for c in calls)
+    assert {c.difficulty for c in calls} == {"easy", "hard"}
+
+
+def test_the_ground_truth_cannot_contradict_itself() -> None:
+    one = next(generate(20).calls())
+    twin = DemoCall(one.agent, one.messages, one.identity + "|other", one.difficulty, 10, one.ticket)
+    with pytest.raises(ValueError, match="two identities"):
+        check_identities([one, twin])
+
+
+def test_the_world_answers_per_identity_and_a_cheap_model_fails_hard_tasks() -> None:
+    calls = list(generate(300, seed=5).calls())
+    world = DemoWorld(calls, latency_scale=0)
+    first = calls[0]
+    other = next(c for c in calls if c.identity != first.identity)
+    answer = world.answer(body(first, "gpt-4o-mini"), "gpt-4o-mini")
+    assert answer is not None and answer.prompt_tokens > 0 and answer.completion_tokens > 0
+    assert world.judge(first, answer.text) == "right"
+    assert world.judge(other, answer.text) == "wrong"  # another question's answer is caught
+    assert world.judge(first, None) == "unknown"
+    hard = next(c for c in calls if c.difficulty == "hard")
+    failing = world.answer(body(hard, "gpt-4o-mini"), "gpt-4o-mini")
+    assert failing is not None and failing.text == REFUSAL and world.judge(hard, failing.text) == "failed"
+    strong = world.answer(body(hard, "openai/gpt-4o"), "openai/gpt-4o")
+    assert strong is not None and world.judge(hard, strong.text) == "right"
+    assert world.answer({"messages": [{"role": "user", "content": "not in the workload"}]}, "gpt-4o") is None
+    assert {h.name for h in (*HARD, *TRICKY)} >= {c.identity.split("|")[0] for c in calls if c.difficulty == "hard"}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    result = subprocess.run([sys.executable, "-m", "thrifty.cli", "demo", "--json", "--requests", "150",
+                             "--agents", "6", "--latency-scale", "0.02", "--out", str(out)],
+                            capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout), out
+
+
+def test_demo_json_has_every_configuration_side_by_side(demo_run: tuple[dict[str, Any], Path]) -> None:
+    numbers, _ = demo_run
+    rows = {row["name"]: row for row in numbers["configurations"]}
+    assert numbers["configurations"][0]["name"] == "no optimisation (all gpt-4o)"
+    assert {"LiteLLM exact cache", "cosine cache 0.92", "thrifty: cache", "thrifty: + single-flight",
+            "thrifty: + routing", "thrifty: + budgets (all parts)"} <= set(rows)
+    for row in rows.values():
+        assert {"name", "upstream_calls", "cost_usd", "p50_ms", "p95_ms", "wrong_answers"} <= set(row)
+        assert row["errors"] == 0 and row["requests"] == numbers["workload"]["requests"]
+    baseline = rows["no optimisation (all gpt-4o)"]
+    assert baseline["upstream_calls"] == baseline["requests"] and baseline["tier_share"] == {"gpt-4o": 1.0}
+    assert rows["LiteLLM exact cache"]["hits_exact"] > 0
+    assert rows["LiteLLM exact cache"]["upstream_calls"] < baseline["upstream_calls"]
+    assert rows["thrifty: + single-flight"]["joined"] > 0
+    routed = rows["thrifty: + routing"]
+    assert routed["tier_share"].get("gpt-4o-mini", 0) > 0.3 and routed["cost_usd"] < baseline["cost_usd"]
+
+
+def test_thrifty_serves_no_wrong_answer_and_leaves_no_hard_task_on_a_failing_tier(
+        demo_run: tuple[dict[str, Any], Path]) -> None:
+    numbers, _ = demo_run
+    for row in numbers["configurations"]:
+        if row["name"].startswith("thrifty"):
+            assert row["wrong_answers"] == 0, row
+            assert row["hard_on_failing_tier"] == 0, row
+
+
+def test_demo_writes_the_ledger_and_the_report(demo_run: tuple[dict[str, Any], Path]) -> None:
+    numbers, out = demo_run
+    ledger, report = Path(numbers["ledger"]), Path(numbers["report"])
+    assert ledger.parent == out and report.parent == out
+    lines = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert any(e["kind"] == "call" for e in lines) and any(e["kind"] == "cache_hit" for e in lines)
+    assert "<svg" in report.read_text() and "thrifty: + budgets (all parts)" in report.read_text()
+
+
+def test_demo_rejects_a_workload_of_nothing() -> None:
+    result = subprocess.run([sys.executable, "-m", "thrifty.cli", "demo", "--requests", "0"],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2 and "--requests" in result.stderr
