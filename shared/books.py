@@ -67,7 +67,8 @@ class CallBooks:
     def looked_up(self, canonical: CanonicalRequest, found: Lookup) -> None:
         """A cache lookup's outcome: a hit saved a call; a refusal is worth knowing about."""
         if found.hit:
-            self._record(canonical, "cache_hit", model=canonical.model, saved=found.saved_cost,
+            # the model that wrote the reused answer, named as its call was (not "auto" or "openai/...")
+            self._record(canonical, "cache_hit", model=found.model or canonical.model, saved=found.saved_cost,
                          saved_tokens=found.saved_tokens, detail=found.reason)
         elif found.refused:
             first = found.refused[0]

@@ -99,6 +99,7 @@ class Lookup:
     saved_tokens: int = 0
     refused: tuple[Refusal, ...] = ()
     vector: Vector | None = field(default=None, repr=False, compare=False)
+    model: str | None = None  # on a hit: the model that wrote the stored answer
 
 
 @dataclass(frozen=True)
@@ -430,7 +431,7 @@ def _hit(entry: CacheEntry, tier: Literal["exact", "semantic"], similarity: floa
          refused: tuple[Refusal, ...] = (), vector: Vector | None = None) -> Lookup:
     return Lookup(True, reason, answer=entry.answer, tier=tier, similarity=similarity, matched_text=entry.text,
                   entry_id=entry.id, saved_cost=entry.cost, saved_tokens=entry.tokens, refused=refused,
-                  vector=vector)
+                  vector=vector, model=entry.model)
 
 
 def _miss(reason: str, refused: tuple[Refusal, ...] = (), *, vector: Vector | None = None) -> Lookup:

@@ -191,3 +191,13 @@ def test_thrifty_report_shows_the_budgets_books(embedder: SentenceTransformerEmb
         assert shown.get(name, 0.0) == pytest.approx(spent, abs=1e-12), name
     assert report["totals"]["cost"] == pytest.approx(upstream.billed)
     assert report["totals"]["calls"] == upstream.calls
+
+
+def test_a_hit_is_booked_under_the_model_that_wrote_the_answer(embedder: SentenceTransformerEmbedder) -> None:
+    gate = make_gate(embedder)
+    request = chat("What is the refund policy?", model="auto")
+    gate.call(request, lambda _: Completion(answer={"role": "assistant", "content": "30 days"}, text="30 days",
+                                            model="gpt-4o-mini", prompt_tokens=10, completion_tokens=5))
+    assert isinstance(gate.call(request, lambda _: pytest.fail("a hit must not call")), Reused)
+    models = {e.kind: e.model for e in gate.ledger.events()}
+    assert models == {"call": "gpt-4o-mini", "cache_hit": "gpt-4o-mini"}
