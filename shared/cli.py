@@ -5,6 +5,7 @@
     thrifty report [LEDGER] [--json | --html PATH]
                                      spend, savings and budget left from the ledger, by agent, model, ...
     thrifty bench NAME [ARGS...]     run a benchmark from a checkout's benchmarks/ folder
+    thrifty bench [--json]           all benchmarks needing no extra service, reduced sizes, one table
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--redis-url", help="also run thrifty on this Redis (with the query engine)")
     demo.add_argument("--json", action="store_true", help="print one JSON object with a 'configurations' list")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--triage-by-meaning", action="store_true",
+                      help="let the triage agent's messages be matched by meaning (default: exact only, as "
+                      "its answer depends on the tone of the whole message)")
     demo.set_defaults(run=_demo)
 
     evaluate = commands.add_parser("eval", help="evaluate decisions on labelled data")
@@ -79,9 +83,14 @@ def _parser() -> argparse.ArgumentParser:
     output.add_argument("--html", type=Path, metavar="PATH", help="write the HTML report to PATH and print its path")
     report.set_defaults(run=_report)
 
-    bench = commands.add_parser("bench", help="run benchmarks/NAME.py from the current checkout")
-    bench.add_argument("name", help="benchmark module, e.g. quality or latency")
-    bench.add_argument("args", nargs=argparse.REMAINDER)
+    bench = commands.add_parser("bench", help="run benchmarks/NAME.py from the current checkout; no NAME: all "
+                                "that need no extra service, at reduced sizes, in one summary table")
+    bench.add_argument("name", nargs="?", help="benchmark module, e.g. quality or latency (default: the summary)")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    for flag, text in (("--full", "summary: full sizes (far longer)"), ("--json", "summary: one JSON object"),
+                       ("--verbose", "summary: each benchmark's own output on stderr")):
+        bench.add_argument(flag, action="store_true", help=text)
+    bench.add_argument("--only", help="summary: comma-separated benchmark names")
     bench.set_defaults(run=_bench)
     return parser
 
@@ -207,14 +216,28 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    """``benchmarks/NAME.py``'s ``main(ARGS)`` from the checkout in the current folder; with no
+    NAME, ``benchmarks/summary.py`` with the summary's options. 2 if there is no such benchmark."""
     root = Path.cwd()
-    if not (root / "benchmarks" / f"{args.name}.py").is_file():
-        print(f"thrifty: no benchmarks/{args.name}.py under {root}; run this from a thrifty checkout",
-              file=sys.stderr)
+    summary = [f"--{k}" for k in ("full", "json", "verbose") if getattr(args, k)]
+    summary += ["--only", args.only] if args.only else []
+    if args.name is not None and summary:
+        print(f"thrifty: {' '.join(summary)} apply to the summary (`thrifty bench` with no NAME); "
+              f"a benchmark's own options go after its name", file=sys.stderr)
+        return 2
+    name = args.name or "summary"
+    folder = root / "benchmarks"
+    path = folder / f"{name}.py"
+    if not folder.is_dir():
+        print(f"thrifty: no benchmarks/ folder in {root}; run this from a thrifty checkout", file=sys.stderr)
+        return 2
+    if not path.is_file() or "def main(" not in path.read_text(encoding="utf-8"):
+        known = sorted(p.stem for p in folder.glob("*.py") if "def main(" in p.read_text(encoding="utf-8"))
+        print(f"thrifty: no benchmark {name!r} in {folder} (there are: {', '.join(known)})", file=sys.stderr)
         return 2
     sys.path.insert(0, str(root))
-    module = importlib.import_module(f"benchmarks.{args.name}")
-    return int(module.main(args.args) or 0)
+    module = importlib.import_module(f"benchmarks.{name}")
+    return int(module.main(summary if args.name is None else args.args) or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

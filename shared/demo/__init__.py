@@ -69,7 +69,7 @@ def configurations(folder: Path, *, redis_url: str | None = None) -> list[Config
         if budgets:
             fields["budget"] = {"limits": [{"scope": "request", "usd": REQUEST_LIMIT_USD}]}
         if redis:
-            fields["redis"] = {"url": redis_url, "key_prefix": f"thrifty-demo-{os.getpid()}"}
+            fields["redis"] = {"url": redis_url, "key_prefix": _redis_prefix()}
             fields["cache"]["backend"] = "redis"
             fields["dedup"]["backend"] = "redis"
             if budgets:
@@ -130,9 +130,11 @@ def _bar(name: str, total: int, show: bool) -> Any:
 
 
 def run_demo(*, requests: int = 600, agents: int = 12, seed: int = 7, latency_scale: float = 0.1,
-             out: Path | None = DEFAULT_OUT, redis_url: str | None = None, progress: bool = True) -> DemoRun:
+             out: Path | None = DEFAULT_OUT, redis_url: str | None = None, progress: bool = True,
+             triage_by_meaning: bool = False) -> DemoRun:
     """Generate the workload, run it in every configuration, and write the last thrifty
-    configuration's ledger and an HTML report to ``out`` (None: write nothing)."""
+    configuration's ledger and an HTML report to ``out`` (None: write nothing).
+    ``triage_by_meaning``: see :func:`thrifty.demo.workload.generate`."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -140,16 +142,42 @@ def run_demo(*, requests: int = 600, agents: int = 12, seed: int = 7, latency_sc
     except ImportError as exc:  # pragma: no cover - the demo's extra is missing
         raise SystemExit("thrifty demo needs LiteLLM: pip install 'thrifty[litellm]'") from exc
     litellm.suppress_debug_info = True
-    workload = generate(requests, seed)
+    workload = generate(requests, seed, triage_by_meaning=triage_by_meaning)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="thrifty-demo-") as tmp:
         configs = configurations(Path(tmp), redis_url=redis_url)
-        results = asyncio.run(_run_all(workload, configs, agents, latency_scale, progress))
+        try:
+            results = asyncio.run(_run_all(workload, configs, agents, latency_scale, progress))
+        finally:
+            if redis_url:
+                _clean_redis(redis_url, _redis_prefix())
         ledger_path = report_path = None
         if out is not None:
             ledger_path, report_path = _keep(results, configs, out.expanduser())
     return DemoRun(workload, results, ledger_path, report_path)
+
+
+def _redis_prefix() -> str:
+    return f"thrifty-demo-{os.getpid()}"
+
+
+def _clean_redis(url: str, prefix: str) -> None:
+    """Remove what the demo put in the user's Redis: its indexes and every key under its prefix."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        for name in client.execute_command("FT._LIST"):  # type: ignore[no-untyped-call]
+            if (name.decode() if isinstance(name, bytes) else str(name)).startswith(prefix):
+                client.execute_command("FT.DROPINDEX", name)  # type: ignore[no-untyped-call]
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start:start + 1000])
+    except redis.RedisError as exc:
+        print(f"thrifty demo: could not clean up {prefix}:* in Redis ({exc})", file=sys.stderr)
+    finally:
+        client.close()
 
 
 def _keep(results: Sequence[Result], configs: Sequence[Configuration], out: Path) -> tuple[Path | None, Path | None]:
@@ -202,7 +230,8 @@ def print_table(run_: DemoRun, file: Any = None) -> None:
 def main(args: Any) -> int:
     """``thrifty demo`` (arguments parsed by :mod:`thrifty.cli`)."""
     run_ = run_demo(requests=args.requests, agents=args.agents, seed=args.seed, latency_scale=args.latency_scale,
-                    out=args.out, redis_url=args.redis_url, progress=not args.json and not args.quiet)
+                    out=args.out, redis_url=args.redis_url, progress=not args.json and not args.quiet,
+                    triage_by_meaning=args.triage_by_meaning)
     if args.json:
         print(json.dumps(run_.as_dict()))
     else:

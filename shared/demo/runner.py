@@ -58,6 +58,7 @@ class CallRecord:
     source: str = ""
     escalations: int = 0
     model: str = ""  # the model that answered (the original call's, for a reused answer)
+    served: str | None = None  # the identity of the question the answer was given to
 
 
 @dataclass
@@ -179,7 +180,8 @@ async def run(config: Configuration, workload: Workload, world: DemoWorld, *, ag
                 decision = "error"
             latency = 1000 * (time.perf_counter() - started)
             judgement = world.judge(call, content) if decision not in ("budget_refused", "error") else decision
-            records.append(CallRecord(call, latency, judgement, decision, source, escalations, model))
+            records.append(CallRecord(call, latency, judgement, decision, source, escalations, model,
+                                      world.served(content)))
             if progress is not None:
                 progress(1)
 

@@ -2,14 +2,20 @@
 
 :func:`generate` builds it from a seed, reproducibly. Six agents share every ticket:
 
-* **triage** classifies the customer's message (JSON output);
+* **triage** classifies the customer's message (JSON output): category and urgency. It reads the
+  whole message, tone included ("URGENT: ... I need an answer today" is urgent, the same question
+  with "Thanks in advance" is not), which the cache's verifier does not judge (it asks whether the
+  same *question* is asked), so triage asks thrifty to reuse an answer only for the identical
+  message (``metadata.thrifty.exact_only``), as an agent that classifies or extracts from whole
+  messages should;
 * **tracking** looks up the order the ticket is about (with a ``lookup_order`` tool), and in the
   same millisecond the **reply** agent and, for half the tickets, the **summariser** make the same
   lookup (the same prompt, the same tool): identical calls in flight at once;
 * **research** answers the customer's questions: a skewed distribution over a catalogue of
   intents (most tickets ask the few common things), each asked in several wordings, and now and
   then a question that reads like an FAQ but needs reasoning (a hard task);
-* **fact_checker** checks a claim against the policy or works out a landed cost: hard tasks;
+* **fact_checker** checks a claim against the policy or works out a landed cost: hard tasks; now
+  and then a whole contract is pasted in for review (a runaway prompt a budget should stop);
 * **summariser** writes the hand-over note of the ticket: unique text, never reusable;
 * **reply** drafts the answer to the customer (personal: it carries the customer's e-mail and
   is scoped to them), sometimes over two turns ("make it shorter").
@@ -181,6 +187,7 @@ class DemoCall:
     json_output: bool = False
     tools: bool = False
     max_tokens: int = 700
+    exact_only: bool = False
 
     def request(self, model: str, *, workflow: str = "support-desk") -> dict[str, Any]:
         """The OpenAI-style request an agent sends for this call."""
@@ -189,6 +196,8 @@ class DemoCall:
             "metadata": {"agent": self.agent, "workflow_id": workflow, "task": AGENT_TASKS[self.agent],
                          "ticket": self.ticket},
         }
+        if self.exact_only:
+            request["metadata"]["thrifty"] = {"exact_only": True}
         if self.user:
             request["user"] = self.user
         if self.json_output:
@@ -236,8 +245,9 @@ class Workload:
 class _Ticketer:
     """Draws tickets. Intents follow a Zipf-like distribution; orders and customers recur."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, triage_by_meaning: bool) -> None:
         self.rng = random.Random(seed)
+        self.triage_by_meaning = triage_by_meaning
         weights = [1.0 / (rank + 1) ** 1.1 for rank in range(len(FAQ))]
         self.faq_order = list(FAQ)
         self.rng.shuffle(self.faq_order)
@@ -285,7 +295,7 @@ def _ticket(number: int, draw: _Ticketer) -> Ticket:
     urgent = "high" if message.startswith("URGENT") else "normal"
     waves.append((DemoCall("triage", _user("triage", f"Customer message: {message}"),
                            f"triage|{intent.category}|{urgent}", "easy", 40, number, json_output=True,
-                           max_tokens=100),))
+                           max_tokens=100, exact_only=not draw.triage_by_meaning),))
 
     # 2. the order's status, asked by several agents at the same moment (identical calls in flight)
     status_text = draw.wording(Intent("order_status", "shipping", ORDER_STATUS)).format(order=order)
@@ -317,6 +327,14 @@ def _ticket(number: int, draw: _Ticketer) -> Ticket:
         waves.append((DemoCall("fact_checker", _user("fact_checker", text), _identity(hard, hard_values), "hard",
                                hard.answer_tokens, number, max_tokens=1200),))
 
+    # a runaway: now and then a whole contract pasted in for review (thousands of tokens on the
+    # premium model: what a per-request budget is for)
+    if rng.random() < 0.04:
+        text = ("Analyze step by step whether this supplier contract lets us charge the customer for return "
+                f"shipping on ticket {number}, and list every clause that applies:\n\n" + _contract(rng))
+        waves.append((DemoCall("fact_checker", _user("fact_checker", text), f"contract_review|{number}", "hard",
+                               600, number, max_tokens=1200),))
+
     # 5. the hand-over note: unique to the ticket
     note = (f"Ticket {number} from {name}: {message} Order {order}: in transit. Questions answered: "
             + "; ".join(text for _, _, text in asked) + ". Write the hand-over note.")
@@ -337,11 +355,25 @@ def _ticket(number: int, draw: _Ticketer) -> Ticket:
     return Ticket(number, tuple(waves))
 
 
-def generate(requests: int = 600, seed: int = 7) -> Workload:
-    """Tickets until the workload holds at least ``requests`` calls (about seven per ticket)."""
+def _contract(rng: random.Random, clauses: int = 140) -> str:
+    """A long supplier contract, different each time (about 7,000 tokens)."""
+    subjects = ("returns", "freight", "damaged goods", "customs duties", "late delivery", "warranty claims",
+                "packaging", "insurance", "invoicing", "force majeure")
+    parties = ("the Supplier", "the Buyer", "the Carrier", "the Customer")
+    return "\n".join(
+        f"Clause {k}. Regarding {rng.choice(subjects)}, {rng.choice(parties)} shall bear the cost within "
+        f"{rng.randint(5, 90)} days of notice, unless {rng.choice(parties)} has agreed otherwise in writing "
+        f"under clause {rng.randint(1, clauses)}; amounts above {rng.randint(2, 50) * 100} EUR need approval."
+        for k in range(1, clauses + 1))
+
+
+def generate(requests: int = 600, seed: int = 7, *, triage_by_meaning: bool = False) -> Workload:
+    """Tickets until the workload holds at least ``requests`` calls (about seven per ticket).
+    ``triage_by_meaning``: triage lets thrifty match its messages by meaning (see the module
+    docstring; the ground truth is the same, so wrong reuses are counted)."""
     if requests < 1:
         raise ValueError("requests must be at least 1")
-    draw = _Ticketer(seed)
+    draw = _Ticketer(seed, triage_by_meaning)
     tickets: list[Ticket] = []
     total = 0
     while total < requests:

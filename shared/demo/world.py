@@ -69,6 +69,11 @@ class DemoWorld:
         latency = self.latency_scale * (speed.first_token + speed.per_token * completion_tokens)
         return Scripted(as_json_if_asked(body, text), prompt_tokens, completion_tokens, latency)
 
+    def served(self, content: str | None) -> str | None:
+        """The identity of the question an answer was given to, when it names one this world knows."""
+        found = _REF.search(content or "")
+        return self.identities.get(found.group(1)) if found else None
+
     def judge(self, call: DemoCall, content: str | None) -> Judgement:
         """``right``: the answer is to the call's question; ``wrong``: to another question;
         ``failed``: a refusal (a model that could not do the task); ``unknown``: no answer."""
