@@ -15,7 +15,7 @@ three alike), it sends ``--requests`` non-streaming ``/v1/chat/completions`` req
 * warm: the proxy with thrifty, the cold phase's prompts again (cache hits).
 
 Each response's ``x-thrifty-decision`` header and the stand-in's call count show what really
-happened in each phase. Targets: cold >= 80% of off, warm above off.
+happened in each phase. Targets (issue 6): cold >= 80% of off, warm above off.
 
 Also printed: the CPU time the serving proxy process spent per request (all its threads), which
 is steadier than requests per second on a noisy machine. The load generator, both proxies and the
@@ -51,14 +51,17 @@ from typing import Any
 import aiohttp
 import yaml
 
+from benchmarks.summary_row import Op, SummaryRow, Target, command, failed
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "litellm_config.yaml"
 MODEL = "gpt-4o-mini"
 CONDITIONS = ("off", "cold", "warm")
 ORDERS = (("off", "cold", "warm"), ("cold", "warm", "off"), ("cold", "off", "warm"))  # warm always after cold
-TARGETS = {"cold": (0.80, ">="), "warm": (1.0, ">")}
+TARGETS: dict[str, tuple[float, Op]] = {"cold": (0.80, ">="), "warm": (1.0, ">")}
 EXPECTED = {"off": "(none)", "cold": "call", "warm": "cache_hit"}  # x-thrifty-decision of every answer
 TUNING = ("THRIFTY_", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")  # changes what is measured
+QUICK = ("--requests", "150", "--warmup", "16")  # the summary's run: 3 rounds of 150 requests, about 35 s
 
 
 class SetupError(RuntimeError):
@@ -256,8 +259,8 @@ async def run_phase(session: aiohttp.ClientSession, url: str, key: str, payloads
     return phase
 
 
-async def measure(args: argparse.Namespace, proxies: dict[str, str], pids: dict[str, int], key: str,
-                  standin: str) -> list[list[Phase]]:
+async def measure_rounds(args: argparse.Namespace, proxies: dict[str, str], pids: dict[str, int], key: str,
+                         standin: str) -> list[list[Phase]]:
     tag = secrets.token_hex(3)
     rounds: list[list[Phase]] = []
     connector = aiohttp.TCPConnector(limit=args.concurrency * 2, limit_per_host=args.concurrency)
@@ -348,15 +351,19 @@ def report(args: argparse.Namespace, rounds: list[list[Phase]], boot: dict[str, 
             "rounds": [[p.summary() for p in phases] for phases in rounds]}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thrifty bench proxy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=600, help="requests per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
     parser.add_argument("--warmup", type=int, default=48, help="warm-up requests per proxy and decision path")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def measure(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """Start the stand-in and both proxies, measure, stop them, print the report: the report's
+    numbers (see :func:`report`) and every failed request. Raises :class:`SetupError`."""
     key = f"sk-thrifty-bench-{secrets.token_hex(12)}"
     procs: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     standin: subprocess.Popen[str] | None = None
@@ -373,11 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             boot = asyncio.run(wait_ready(procs, folder))
             print(f"stand-in at {upstream}; proxies ready: off {procs['off'][1]}, on {procs['on'][1]} (thrifty)",
                   flush=True)
-            rounds = asyncio.run(measure(args, {name: url for name, (_, url) in procs.items()},
-                                         {name: proc.pid for name, (proc, _) in procs.items()}, key, upstream))
-        except SetupError as exc:
-            print(f"thrifty bench proxy: {exc}", file=sys.stderr)
-            return 2
+            rounds = asyncio.run(measure_rounds(args, {name: url for name, (_, url) in procs.items()},
+                                                {name: proc.pid for name, (proc, _) in procs.items()}, key,
+                                                upstream))
         finally:
             for proc, _ in procs.values():
                 stop(proc)
@@ -385,6 +390,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = report(args, rounds, boot)
     errors = [e for phases in rounds for p in phases for e in p.errors]
     results["errors"] = len(errors)
+    return results, errors
+
+
+def summary(quick: bool = True, argv: Sequence[str] | None = None) -> list[SummaryRow]:
+    """Throughput with thrifty, cold and warm cache, as ratios to the same proxy without thrifty.
+    ``argv`` overrides the sizes (default: :data:`QUICK` if ``quick``, else the full run)."""
+    argv = list(argv if argv is not None else QUICK if quick else ())
+    cmd = command("proxy", argv)
+    args = _parser().parse_args(argv)
+    try:
+        results, errors = measure(args)
+    except SetupError as exc:
+        return [failed("proxy", cmd, str(exc).splitlines()[0])]
+    note = f"{len(errors)} requests failed: not valid" if errors else ""
+    off = results["median_rps"]["off"]
+    rows = []
+    for condition in ("cold", "warm"):
+        target, op = TARGETS[condition]
+        ratio = results["ratios"][condition]["ratio"]
+        rows.append(SummaryRow("proxy", f"requests/s with thrifty, {condition} cache, over thrifty off "
+                               f"(median of {args.rounds} rounds)", None if errors else ratio, "x", 1.0,
+                               f"LiteLLM proxy without thrifty, {off:.0f} req/s", Target(op, target, "issue 6"), cmd,
+                               note or f"{results['median_rps'][condition]:.0f} req/s"))
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        results, errors = measure(args)
+    except SetupError as exc:
+        print(f"thrifty bench proxy: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     if errors:

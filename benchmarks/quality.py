@@ -18,6 +18,11 @@ SemanticCache, LiteLLM's redis-semantic cache and GPTCache's default do:
   (``benchmarks/data/unseen_pairs.jsonl``, measurement only), all with ``thrifty eval pairs``'s
   protocol: store ``a``, look up ``b`` in a fresh cache.
 
+``--sets`` and ``--verifiers`` choose what runs (default: everything). Targets (issues 2 and 11,
+default settings): GPTCache's benchmark at least 900 positive with at most 10 negative of 999;
+fow-cache at least 70% of same-answer pairs served with at most 1% wrong; the dev set at least
+80% served, at most 1% wrong. The summary's reference is the plain cosine 0.8 threshold.
+
 Nothing here is timed against a limit; per-query times are printed for information only.
 """
 
@@ -28,6 +33,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,10 +46,16 @@ from thrifty.evaluation import Pair, evaluate_pairs, read_pairs
 from thrifty.request import CanonicalRequest, canonicalize
 from thrifty.settings import EmbedderSettings, ThriftySettings
 
+from benchmarks.summary_row import SummaryRow, Target, command, failed
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "gptcache_qqp"
 THRESHOLDS = (0.8, 0.9, 0.95)
 GPTCACHE_PUBLISHED = {0.95: (425, 25, 549), 0.9: (804, 77, 118), 0.8: (904, 92, 3)}
+SETS = ("gptcache_mock", "qqp", "fow_cache", "dev", "calibration_pairs", "unseen_pairs")
+VERIFIERS = ("learned", "rules")
+REFERENCE = "cosine >= 0.8"
+QUICK = ("--sets", "gptcache_mock,fow_cache,dev", "--verifiers", "learned")  # the summary's run: full sets
 
 
 def _request(text: str) -> CanonicalRequest:
@@ -166,68 +178,130 @@ def fow_pairs() -> list[Pair] | None:
         return read_pairs(file)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@dataclass(frozen=True)
+class Scored:
+    """One data set's results: ``protocol`` "origin" (GPTCache's) or "pairs" (thrifty eval pairs's);
+    ``result`` maps each method to its numbers; ``same``/``different`` count labelled pairs."""
+
+    key: str
+    title: str
+    protocol: str
+    result: dict[str, Any]
+    same: int = 0
+    different: int = 0
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thrifty bench quality", description=__doc__.split("\n\n")[0])
     parser.add_argument("--qqp-pairs", type=int, default=5000, help="size of the Quora slice")
+    parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of: {', '.join(SETS)}")
+    parser.add_argument("--verifiers", default=",".join(VERIFIERS), help="comma-separated, of: learned, rules")
     parser.add_argument("--json", type=Path, help="also write all numbers to this file")
     parser.add_argument("--pairs", type=Path, help="also score a labelled pair file (thrifty eval pairs's format)")
-    args = parser.parse_args(argv)
+    return parser
 
-    kinds = ("learned", "rules")
+
+def _print_scored(one: Scored) -> None:
+    if one.protocol == "origin":
+        _print_origin_table(one.title, one.result, one.key == "gptcache_mock")
+    else:
+        _print_pairs_table(one.title, one.result, one.same, one.different)
+
+
+def measure(args: argparse.Namespace) -> tuple[list[Scored], list[str]]:
+    """Every data set asked for, through thrifty with each verifier asked for and through the
+    plain cosine thresholds, each printed as it is scored; and a note for each set that could
+    not run."""
+    chosen = set(args.sets.split(","))
     settings = {kind: ThriftySettings(cache={"backend": "memory"}, ledger={"path": None}, verifier={"kind": kind})
-                for kind in kinds}
+                for kind in args.verifiers.split(",")}
     embedder = SentenceTransformerEmbedder(EmbedderSettings(memo_size=200_000))
-    everything: dict[str, Any] = {}
-
-    def by_origin(rows: list[dict[str, str]]) -> dict[str, Any]:
-        return side_by_side(origin_protocol, cosine_origin_protocol, rows, embedder, settings)
-
-    def by_pairs(pairs: Sequence[Pair]) -> dict[str, Any]:
-        return side_by_side(pairs_protocol, cosine_pairs_protocol, pairs, embedder, settings)
-
     print("thrifty quality benchmark (default settings; embedder all-MiniLM-L6-v2, "
           f"backend {embedder.backend_in_use or 'loading'})")
+    scored: list[Scored] = []
+    skipped: list[str] = []
+
+    def by_origin(key: str, title: str, rows: list[dict[str, str]]) -> None:
+        result = side_by_side(origin_protocol, cosine_origin_protocol, rows, embedder, settings)
+        scored.append(Scored(key, title, "origin", result))
+        _print_scored(scored[-1])
+
+    def by_pairs(key: str, title: str, pairs: Sequence[Pair]) -> None:
+        result = side_by_side(pairs_protocol, cosine_pairs_protocol, pairs, embedder, settings)
+        same = sum(p.label for p in pairs)
+        scored.append(Scored(key, title, "pairs", result, same, len(pairs) - same))
+        _print_scored(scored[-1])
 
     mock = DATA / "mock_data.json"
-    if mock.is_file():
-        rows = json.loads(mock.read_text(encoding="utf-8"))
-        everything["gptcache_mock"] = result = by_origin(rows)
-        _print_origin_table(f"GPTCache benchmark, {len(rows)} pairs (mock_data.json)", result, True)
-        qqp_rows = json.loads((DATA / "similiar_qqp.json").read_text(encoding="utf-8"))[: args.qqp_pairs]
-        everything["qqp"] = result = by_origin(qqp_rows)
-        _print_origin_table(f"Quora duplicates, first {len(qqp_rows)} pairs of similiar_qqp.json "
-                            "(all pairs are duplicates; a 'negative' is a hit on another stored question; "
-                            "the learned verifier was trained on Quora's duplicates)",
-                            result, False)
-    else:
-        print(f"\n(skipping GPTCache and Quora sets: {DATA} is absent)")
+    if chosen & {"gptcache_mock", "qqp"} and not mock.is_file():
+        skipped.append(f"GPTCache and Quora sets: {DATA} is absent")
+        print(f"\n(skipping {skipped[-1]})")
+    elif mock.is_file():
+        if "gptcache_mock" in chosen:
+            rows = json.loads(mock.read_text(encoding="utf-8"))
+            by_origin("gptcache_mock", f"GPTCache benchmark, {len(rows)} pairs (mock_data.json)", rows)
+        if "qqp" in chosen:
+            qqp_rows = json.loads((DATA / "similiar_qqp.json").read_text(encoding="utf-8"))[: args.qqp_pairs]
+            by_origin("qqp", f"Quora duplicates, first {len(qqp_rows)} pairs of similiar_qqp.json "
+                      "(all pairs are duplicates; a 'negative' is a hit on another stored question; "
+                      "the learned verifier was trained on Quora's duplicates)", qqp_rows)
 
-    pairs = fow_pairs()
-    if pairs is not None:
-        everything["fow_cache"] = result = by_pairs(pairs)
-        same = sum(p.label for p in pairs)
-        _print_pairs_table("fow-cache pairs.jsonl", result, same, len(pairs) - same)
-    else:
-        print("\n(skipping fow-cache: the package is not installed; pip install fow-cache)")
+    if "fow_cache" in chosen:
+        pairs = fow_pairs()
+        if pairs is None:
+            skipped.append("fow-cache: the package is not installed; pip install fow-cache")
+            print(f"\n(skipping {skipped[-1]})")
+        else:
+            by_pairs("fow_cache", "fow-cache pairs.jsonl", pairs)
 
-    dev = ROOT / "tests" / "data" / "dev_pairs.jsonl"
-    dev_pairs = read_pairs(dev)
-    everything["dev"] = result = by_pairs(dev_pairs)
-    same = sum(p.label for p in dev_pairs)
-    _print_pairs_table("thrifty dev set (tests/data/dev_pairs.jsonl; the learned verifier trained on two thirds "
-                       "of it and was calibrated on the rest)", result, same, len(dev_pairs) - same)
+    if "dev" in chosen:
+        by_pairs("dev", "thrifty dev set (tests/data/dev_pairs.jsonl; the learned verifier trained on two thirds "
+                 "of it and was calibrated on the rest)", read_pairs(ROOT / "tests" / "data" / "dev_pairs.jsonl"))
     for path, title in ((ROOT / "tests" / "data" / "calibration_pairs.jsonl",
                          "calibration pairs (the learned verifier's threshold was chosen on them)"),
                         (ROOT / "benchmarks" / "data" / "unseen_pairs.jsonl",
                          "unseen pairs (written after the model was trained; never trained or tuned on)"),
                         *(((args.pairs, str(args.pairs)),) if args.pairs else ())):
-        extra = read_pairs(path)
-        everything[path.stem] = result = by_pairs(extra)
-        same = sum(p.label for p in extra)
-        _print_pairs_table(f"{path.name}: {title}", result, same, len(extra) - same)
+        if path.stem in chosen or path == args.pairs:
+            by_pairs(path.stem, f"{path.name}: {title}", read_pairs(path))
+    return scored, skipped
 
+
+def summary(quick: bool = True, argv: Sequence[str] | None = None) -> list[SummaryRow]:
+    """thrifty's default verifier on GPTCache's benchmark, fow-cache and the dev set, beside a plain
+    cosine 0.8 cache on the same embedder. ``argv`` overrides what runs (default: :data:`QUICK`
+    if ``quick``, else the full run; the figures are the same, the full run scores more sets)."""
+    argv = list(argv if argv is not None else QUICK if quick else ())
+    cmd = command("quality", argv)
+    scored, skipped = measure(_parser().parse_args(argv))
+    rows = [failed("quality", cmd, note) for note in skipped]
+    for one in scored:
+        if one.key == "gptcache_mock":
+            pos, neg, miss, _ = one.result["thrifty (learned)"]
+            ref_pos, ref_neg, _, _ = one.result[REFERENCE]
+            total = pos + neg + miss
+            rows += [SummaryRow("quality", f"GPTCache benchmark: positive hits of {total}", pos, "", ref_pos,
+                                "cosine ≥ 0.8", Target(">=", 900, "issues 2, 11"), cmd),
+                     SummaryRow("quality", f"GPTCache benchmark: negative hits of {total}", neg, "", ref_neg,
+                                "cosine ≥ 0.8", Target("<=", 10, "issues 2, 11"), cmd)]
+        elif one.key in ("fow_cache", "dev"):
+            _, false_hits, hit_rate, false_rate, _ = one.result["thrifty (learned)"]
+            _, _, ref_hit, ref_false, _ = one.result[REFERENCE]
+            name, least = ("fow-cache (held out)", 70) if one.key == "fow_cache" else ("thrifty dev set", 80)
+            source = "issues 2, 11" if one.key == "fow_cache" else "issue 11"
+            rows += [SummaryRow("quality", f"{name}: same-answer pairs served", 100 * hit_rate, "%", 100 * ref_hit,
+                                "cosine ≥ 0.8", Target(">=", least, source), cmd),
+                     SummaryRow("quality", f"{name}: wrong answers served", 100 * false_rate, "%", 100 * ref_false,
+                                "cosine ≥ 0.8", Target("<=", 1, source), cmd,
+                                f"{false_hits} of {one.different} different-answer pairs")]
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    scored, _ = measure(args)
     if args.json:
-        args.json.write_text(json.dumps(everything, indent=1, default=str))
+        args.json.write_text(json.dumps({one.key: one.result for one in scored}, indent=1, default=str))
     return 0
 
 
