@@ -87,6 +87,8 @@ def configurations(folder: Path, *, redis_url: str | None = None) -> list[Config
         Configuration("thrifty: + budgets (all parts)", model="auto", thrifty=thrifty("all", budgets=True)),
     ]
     if redis_url:
+        out.insert(3, Configuration(f"RedisVL SemanticCache {COSINE_THRESHOLD}",
+                                    redisvl=(redis_url, COSINE_THRESHOLD)))
         out.append(Configuration("thrifty on Redis (all parts)", model="auto",
                                  thrifty=thrifty("redis", budgets=True, redis=True)))
     return out

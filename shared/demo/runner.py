@@ -40,13 +40,16 @@ class Configuration:
     ``model``: what the agents ask for (``gpt-4o``, or ``auto`` for thrifty's router);
     ``litellm_cache``: LiteLLM's own exact cache (``litellm.Cache(type="local")``);
     ``thrifty``: thrifty's settings, None for no thrifty; ``cosine``: a plain cosine-threshold
-    cache (thrifty's embedder, every neighbour at or above it reused, no verifier)."""
+    cache (thrifty's embedder, every neighbour at or above it reused, no verifier);
+    ``redisvl``: ``(redis_url, similarity)`` for RedisVL's SemanticCache as ``litellm.cache``
+    (:mod:`thrifty.demo.redisvl_recipe`)."""
 
     name: str
     model: str = PREMIUM
     litellm_cache: bool = False
     thrifty: ThriftySettings | None = None
     cosine: float | None = None
+    redisvl: tuple[str, float] | None = None
 
 
 @dataclass
@@ -142,7 +145,14 @@ async def run(config: Configuration, workload: Workload, world: DemoWorld, *, ag
     url = await standin.start()
     router = router_for(url)
     ledger_path: Path | None = None
+    recipe: Any = None
     try:
+        if config.redisvl is not None:
+            from .redisvl_recipe import RedisVLRecipeCache
+
+            redis_url, similarity = config.redisvl
+            recipe = litellm.cache = RedisVLRecipeCache(redis_url, f"thrifty-demo-recipe-{id(config)}", embedder,
+                                                        similarity)
         if config.litellm_cache:
             from litellm.caching.caching import Cache, LiteLLMCacheType
 
@@ -158,7 +168,7 @@ async def run(config: Configuration, workload: Workload, world: DemoWorld, *, ag
 
         async def one(call: DemoCall) -> None:
             request = call.request(config.model)
-            if config.litellm_cache:
+            if config.litellm_cache or recipe is not None:
                 request["caching"] = True
             started = time.perf_counter()
             decision, source, escalations, content, model = "call", "", 0, None, ""
@@ -172,8 +182,8 @@ async def run(config: Configuration, workload: Workload, world: DemoWorld, *, ag
                     decision = info.get("decision", "call")
                     source = str(info.get("source") or "")
                     escalations = len(info.get("escalations") or ())
-                elif hidden.get("cache_hit"):
-                    decision, source = "cache_hit", "exact"
+                elif hidden.get("cache_hit"):  # LiteLLM's own cache: exact, or RedisVL's by meaning
+                    decision, source = "cache_hit", "semantic" if recipe is not None else "exact"
             except BudgetExceededError:
                 decision = "budget_refused"
             except Exception:  # noqa: BLE001 - counted and shown, the run goes on
@@ -198,6 +208,8 @@ async def run(config: Configuration, workload: Workload, world: DemoWorld, *, ag
     finally:
         litellm_plugins.uninstall()
         litellm.cache = None
+        if recipe is not None:
+            recipe.delete()
         await standin.stop()
 
 
