@@ -30,7 +30,7 @@ from typing import Any
 
 from benchmarks.summary_row import SummaryRow, command, failed, fmt, fmt_target
 
-BENCHMARKS = ("quality", "latency", "dedup", "router", "budget", "proxy", "langchain")
+BENCHMARKS = ("quality", "latency", "dedup", "router", "budget", "proxy", "langchain", "demo")
 NOT_RUN = {"redis_latency": "needs Redis", "dedup, budget": "their cross-process runs need Redis",
            "langchain": "its Redis rows need Redis"}
 HEADERS = ("benchmark", "figure", "measured", "reference (same run)", "target", "met")
