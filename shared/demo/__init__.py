@@ -144,6 +144,11 @@ def run_demo(*, requests: int = 600, agents: int = 12, seed: int = 7, latency_sc
     except ImportError as exc:  # pragma: no cover - the demo's extra is missing
         raise SystemExit("thrifty demo needs LiteLLM: pip install 'thrifty[litellm]'") from exc
     litellm.suppress_debug_info = True
+    if redis_url:
+        try:
+            import redisvl  # noqa: F401
+        except ImportError as exc:
+            raise SystemExit("thrifty demo --redis-url needs the Redis extra: pip install 'thrifty[redis]'") from exc
     workload = generate(requests, seed, triage_by_meaning=triage_by_meaning)
     import tempfile
 

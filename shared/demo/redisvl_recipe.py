@@ -30,7 +30,11 @@ class RedisVLRecipeCache(Cache):  # type: ignore[misc]
 
     def __init__(self, redis_url: str, name: str, embedder: Embedder, similarity: float) -> None:
         from redisvl.extensions.cache.llm import SemanticCache
-        from redisvl.utils.vectorize import CustomTextVectorizer
+
+        try:
+            from redisvl.utils.vectorize import CustomVectorizer
+        except ImportError:  # redisvl before 0.5 names it CustomTextVectorizer
+            from redisvl.utils.vectorize import CustomTextVectorizer as CustomVectorizer
 
         super().__init__(max_messages=None, supported_call_types=["acompletion", "completion"])
 
@@ -39,7 +43,7 @@ class RedisVLRecipeCache(Cache):  # type: ignore[misc]
             return [0.0] * embedder.dim if vector is None else [float(x) for x in vector]
 
         self.llmcache = SemanticCache(name=name, redis_url=redis_url, distance_threshold=1 - similarity,
-                                      vectorizer=CustomTextVectorizer(embed),
+                                      vectorizer=CustomVectorizer(embed),
                                       filterable_fields=[{"name": "model", "type": "tag"}])
 
     def _model_filter(self, kwargs: dict[str, Any]) -> Any:
