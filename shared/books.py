@@ -79,6 +79,21 @@ class CallBooks:
         self._record(canonical, "joined", model=completion.model or canonical.model, saved=completion.cost or 0.0,
                      saved_tokens=completion.tokens)
 
+    # ------------------------------------------------------------------ the cache checking itself
+    def audited(self, canonical: CanonicalRequest, priced: Completion | None, *, model: str | None,
+                outcome: str, detail: str = "") -> None:
+        """A shadow audit's call (:mod:`thrifty.audit`): what it cost and whether it agreed."""
+        if priced is None:
+            self._record(canonical, "audit", model=model, outcome=outcome, detail=detail)
+            return
+        self._record(canonical, "audit", model=priced.model or model, prompt_tokens=priced.prompt_tokens,
+                     completion_tokens=priced.completion_tokens, cost=priced.cost or 0.0, outcome=outcome,
+                     detail=detail)
+
+    def reported_wrong(self, canonical: CanonicalRequest, *, action: str, detail: str = "") -> None:
+        """The application reported the answer served for ``canonical`` wrong; ``action`` is what was done."""
+        self._record(canonical, "reported_wrong", model=canonical.model, outcome=action, detail=detail)
+
     def _record(self, canonical: CanonicalRequest, kind: EventKind, **fields: Any) -> None:
         self.ledger.record(LedgerEvent(kind, agent=canonical.namespace, workflow=canonical.workflow,
                                        tenant=canonical.tenant, user=canonical.user, **fields))

@@ -9,9 +9,12 @@ A lookup goes through three tiers, cheapest first:
 
 1. **exact**: the request's exact key (scope + normalised final turn) - no embedding computed;
 2. **vector**: the nearest stored requests *in the same scope* by embedding similarity;
-3. **verifier**: each near neighbour is checked: certain rules first (:mod:`thrifty.verifier`: a
-   different number, identifier, negation, kind of question or direction is refused, however
-   similar), then the learned pair model (:mod:`thrifty.learned_verifier`) for the rest.
+3. **verifier**: each near neighbour is checked: first against the blocked pairings
+   (:mod:`thrifty.blocks`: a pairing reported wrong or failed by an audit is refused as
+   ``blocked``, a near copy of it as ``blocked_near``), then the certain rules
+   (:mod:`thrifty.verifier`: a different number, identifier, negation, kind of question or
+   direction is refused, however similar), then the learned pair model
+   (:mod:`thrifty.learned_verifier`) for the rest.
 
 Policies: per-request ``no_cache`` (skip the lookup) and ``no_store``; TTL per request, per
 namespace/agent or by default; the personal-data guard (personal requests are scoped to their
@@ -44,6 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .blocks import Block, blocked_reason, near_texts
 from .completion import Completion
 from .embedder import Embedder, SentenceTransformerEmbedder
 from .log_once import LogOnce
@@ -100,6 +104,7 @@ class Lookup:
     refused: tuple[Refusal, ...] = ()
     vector: Vector | None = field(default=None, repr=False, compare=False)
     model: str | None = None  # on a hit: the model that wrote the stored answer
+    stored_key: str | None = None  # on a hit: the stored entry's exact key (one side of a pairing)
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,16 @@ class _Search:
 class _Verify:
     query: str
     candidates: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class _EmbedMany:
+    texts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    stored_keys: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -239,6 +254,44 @@ class SemanticCache:
             stored = self._store_failed(exc)
         return self._counted_store(stored)
 
+    def block(self, block: Block) -> bool:
+        """Never again serve ``block.stored_key``'s answer for ``block.new_key`` (nor for near copies
+        of it); persisted with the store. False when the store could not keep it; never raises."""
+        try:
+            keep = getattr(self.storage, "block", None)
+            if keep is None:
+                return False
+            keep(block)
+            return True
+        except Exception as exc:  # noqa: BLE001 - fail open
+            self._log_once(f"block:{type(exc).__name__}", "thrifty: cannot block a pairing (%r)", exc)
+            return False
+
+    async def ablock(self, block: Block) -> bool:
+        """Async twin of :meth:`block`."""
+        try:
+            keep = getattr(self.storage, "ablock", None)
+            if keep is None:
+                return False
+            await keep(block)
+            return True
+        except Exception as exc:  # noqa: BLE001 - fail open
+            self._log_once(f"block:{type(exc).__name__}", "thrifty: cannot block a pairing (%r)", exc)
+            return False
+
+    def evict(self, entry_id: str) -> bool:
+        """Remove the entry ``entry_id`` (an answer reported wrong); False on an error; never raises."""
+        try:
+            self.storage.delete(entry_id)
+            return True
+        except Exception as exc:  # noqa: BLE001 - fail open
+            self._log_once(f"evict:{type(exc).__name__}", "thrifty: cannot evict an entry (%r)", exc)
+            return False
+
+    async def aevict(self, entry_id: str) -> bool:
+        """Async twin of :meth:`evict` (the store's delete runs on a worker thread)."""
+        return await asyncio.to_thread(self.evict, entry_id)
+
     @property
     def stats(self) -> CacheStats:
         with self._lock:
@@ -290,9 +343,23 @@ class SemanticCache:
             return _miss("no_match", vector=vector)
         nearest = neighbours[0].similarity
         examined = [n for n in neighbours if n.similarity >= nearest - cs.candidate_margin]
+        refused: list[Refusal] = []
+        blocks: list[Block] = yield _Blocks(tuple(dict.fromkeys(n.entry.exact_key for n in examined)))
+        if blocks:
+            texts = near_texts(blocks, canon.exact_key) if cs.block_near <= 1 else ()
+            vectors = dict(zip(texts, (yield _EmbedMany(texts)))) if texts else {}
+            allowed: list[Neighbour] = []
+            for n in examined:
+                why = blocked_reason(n.entry.exact_key, canon.exact_key, vector, blocks, vectors, cs.block_near)
+                if why is None:
+                    allowed.append(n)
+                else:
+                    refused.append(Refusal(n.entry.text, n.similarity, *why))
+            examined = allowed
+            if not examined:
+                return _miss("refused", tuple(refused), vector=vector)
         verdicts = yield _Verify(canon.semantic_text, tuple((n.entry.text, n.similarity) for n in examined))
         accepted: list[tuple[Neighbour, str]] = []
-        refused: list[Refusal] = []
         for n, verdict in zip(examined, verdicts):
             if verdict.accepted:
                 accepted.append((n, verdict.summary))
@@ -408,6 +475,11 @@ class SemanticCache:
             return verify_all(self.verifier, op.query, op.candidates)
         if isinstance(op, _RecordHit):
             return self.storage.record_hit(op.entry_id, now)
+        if isinstance(op, _Blocks):
+            blocks = getattr(self.storage, "blocks", None)  # a store of its own may keep none
+            return [] if blocks is None else blocks(op.stored_keys)
+        if isinstance(op, _EmbedMany):
+            return self.embedder.embed(op.texts)
         return self.storage.put(op.entry)
 
     async def _aperform(self, op: Any) -> Any:
@@ -424,6 +496,11 @@ class SemanticCache:
             return verify_all(self.verifier, op.query, op.candidates)
         if isinstance(op, _RecordHit):
             return await self.storage.arecord_hit(op.entry_id, now)
+        if isinstance(op, _Blocks):
+            blocks = getattr(self.storage, "ablocks", None)
+            return [] if blocks is None else await blocks(op.stored_keys)
+        if isinstance(op, _EmbedMany):
+            return await self.embedder.aembed(op.texts)
         return await self.storage.aput(op.entry)
 
 
@@ -431,7 +508,7 @@ def _hit(entry: CacheEntry, tier: Literal["exact", "semantic"], similarity: floa
          refused: tuple[Refusal, ...] = (), vector: Vector | None = None) -> Lookup:
     return Lookup(True, reason, answer=entry.answer, tier=tier, similarity=similarity, matched_text=entry.text,
                   entry_id=entry.id, saved_cost=entry.cost, saved_tokens=entry.tokens, refused=refused,
-                  vector=vector, model=entry.model)
+                  vector=vector, model=entry.model, stored_key=entry.exact_key)
 
 
 def _miss(reason: str, refused: tuple[Refusal, ...] = (), *, vector: Vector | None = None) -> Lookup:

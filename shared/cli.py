@@ -205,6 +205,10 @@ def _report(args: argparse.Namespace) -> int:
     if total.escalations or total.rejected or total.failed:
         print(f"\nof the calls: {total.escalations} escalated to a higher tier, {total.rejected} rejected by "
               f"validation, {total.failed} failed upstream")
+    if total.audits:
+        print(f"\naudits: {total.audits} calls, ${total.audit_cost:.6f}, {total.audit_disagreements} disagreements")
+    if total.reported_wrong:
+        print(f"reported wrong: {total.reported_wrong} answers")
     print(f"\n{'saved by source':<20}{'$':>14}")
     for source, dollars in sources.as_dict().items():
         print(f"{SOURCE_LABELS[source]:<20}{dollars:>14.6f}")

@@ -2,7 +2,8 @@
 
 Nothing needs a server. Every entry lives in memory (exact keys in a dict, vectors in one
 :class:`~thrifty.vector_index.VectorIndex` per scope), and every write goes through to a SQLite
-file, so a restart keeps the cache. ``path=None`` keeps it in memory only.
+file, so a restart keeps the cache - and its blocked pairings (:mod:`thrifty.blocks`, a table
+of their own). ``path=None`` keeps it in memory only.
 
 Guarantees:
 
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .blocks import Block, BlockBook
 from .store import CacheEntry, Neighbour
 from .vector_index import HNSW_THRESHOLD, VectorIndex
 from .vectors import Vector
@@ -46,7 +48,11 @@ CREATE TABLE IF NOT EXISTS entries (
     tokens INTEGER NOT NULL, hits INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+CREATE TABLE IF NOT EXISTS blocks (
+    stored_key TEXT NOT NULL, new_key TEXT NOT NULL, stored_text TEXT NOT NULL, new_text TEXT NOT NULL,
+    source TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (stored_key, new_key)
+);
+"""  # blocks: added later, beside the entries; files without it gain it on open (schema stays 1)
 _SCHEMA_VERSION = "1"
 _SWEEP_EVERY = 60.0  # seconds between full expiry sweeps
 _FLUSH_EVERY = 5.0  # seconds between writes of hit counters
@@ -66,6 +72,7 @@ class EmbeddedStore:
         self._indexes: dict[str, VectorIndex] = {}
         self._recency: OrderedDict[str, None] = OrderedDict()
         self._dirty_hits: set[str] = set()
+        self._blocks = BlockBook(max_blocks=max_entries)
         self._db: sqlite3.Connection | None = None
         self._write_failed = False
         self._last_sweep = time.time()
@@ -152,7 +159,20 @@ class EmbeddedStore:
             self._indexes.clear()
             self._recency.clear()
             self._dirty_hits.clear()
+            self._blocks.clear()
             self._execute("DELETE FROM entries")
+            self._execute("DELETE FROM blocks")
+
+    def block(self, block: Block) -> None:
+        with self._lock:
+            for dropped in self._blocks.add(block):
+                self._execute("DELETE FROM blocks WHERE stored_key = ? AND new_key = ?", dropped.pairing)
+            self._execute("INSERT OR REPLACE INTO blocks VALUES (?,?,?,?,?,?)",
+                          (block.stored_key, block.new_key, block.stored_text, block.new_text, block.source,
+                           block.at))
+
+    def blocks(self, stored_keys: Sequence[str]) -> list[Block]:
+        return self._blocks.for_stored(stored_keys)
 
     def close(self) -> None:
         with self._lock:
@@ -180,6 +200,15 @@ class EmbeddedStore:
 
     async def arecord_hit(self, entry_id: str, now: float) -> None:
         self.record_hit(entry_id, now)
+
+    async def ablock(self, block: Block) -> None:
+        if self._db is None:
+            self.block(block)
+        else:
+            await asyncio.to_thread(self.block, block)  # a disk write
+
+    async def ablocks(self, stored_keys: Sequence[str]) -> list[Block]:
+        return self.blocks(stored_keys)  # memory only
 
     # ------------------------------------------------------------------ memory
     def _insert(self, entry: CacheEntry) -> None:
@@ -271,6 +300,10 @@ class EmbeddedStore:
         for entry_id in bad:
             self._db.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
         self.dropped_rows = len(bad)
+        for stored_key, new_key, stored_text, new_text, source, at in self._db.execute(
+                "SELECT stored_key, new_key, stored_text, new_text, source, at FROM blocks ORDER BY at"):
+            self._blocks.add(Block(str(stored_key), str(new_key), str(stored_text), str(new_text), str(source),
+                                   float(at)))
         while len(self._entries) > self.max_entries:
             self._remove(next(iter(self._recency)))
 
@@ -284,6 +317,7 @@ class EmbeddedStore:
         self._by_key.clear()
         self._indexes.clear()
         self._recency.clear()
+        self._blocks.clear()
         aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
         log.warning("thrifty: cache file %s is unreadable (%s); moved to %s, starting empty",
                     self.path, exc, aside)

@@ -17,9 +17,13 @@ Read top to bottom, a call goes:
    books price it, settle it and record it in the ledger (:mod:`thrifty.books`), its answer goes
    to everyone who joined, and a usable answer into the cache.
 
-``call`` / ``acall`` do all five around a function that makes the call; adapters that see the
+``call`` / ``acall`` do all five around a function that makes the call - and, with
+``cache.audit_rate`` set, audit a share of semantic hits in the background (:mod:`thrifty.audit`);
+adapters that see the
 start and the end of a call in separate hooks use ``begin`` / ``abegin`` and the ticket. What a
 reused answer saved, and every call made, is in the ledger (:class:`thrifty.ledger.Ledger`).
+``report_wrong`` takes the application's word that an answer it was served was wrong
+(:mod:`thrifty.reports`).
 
 What is joined and what never is:
 
@@ -42,12 +46,14 @@ What is joined and what never is:
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .audit import AuditJob, Auditor
 from .books import CallBooks
 from .budget import Budget, BudgetExceeded, Reservation, make_budget_store
 from .cache import Lookup, SemanticCache, Stored
@@ -58,7 +64,8 @@ from .ledger import Ledger
 from .near_duplicates import NearDuplicateFlights
 from .plan import Plan, arun, run
 from .pricing import PriceTable
-from .request import CanonicalRequest, canonicalize
+from .reports import Reported, Reporter, Served, ServedMemory
+from .request import CanonicalRequest, InvalidRequest, canonicalize
 from .router import Route, Router, Validator
 from .scoring import Features
 from .settings import ThriftySettings
@@ -170,6 +177,12 @@ class Thrifty:
         self.near = NearDuplicateFlights(self.verifier, settings.cache.search_floor)
         self.validator = validator
         self.clock = clock
+        self.served = ServedMemory(settings.cache.remember_served)
+        self.reporter = Reporter(self.cache, self.books, self.served)
+        self.auditor = Auditor(settings, embedder=self.embedder, cache=self.cache, books=self.books)
+        self._audit_tasks: set[asyncio.Task[Any]] = set()
+        self._audit_threads: set[threading.Thread] = set()
+        self._audit_lock = threading.Lock()
         self.routers: list[Router] = []
         if settings.router.enabled:
             self.routers.append(Router.from_settings(settings.router, self.embedder, prices=self.prices,
@@ -209,9 +222,11 @@ class Thrifty:
              upstream: Callable[[dict[str, Any]], Completion]) -> Completion | Reused:
         """``begin``, then ``upstream(ticket.call_request())`` - again on the next tier while the
         answer fails validation - then end the ticket. An upstream error is raised, unless an
-        escalation's re-call failed: then the answer before it is returned."""
+        escalation's re-call failed: then the answer before it is returned. A semantic hit chosen
+        for a shadow audit is audited on a thread of its own, after it is returned."""
         decision = self.begin(request)
         if isinstance(decision, Reused):
+            self.audit(request, decision, upstream)
             return decision
         while True:
             try:
@@ -226,9 +241,11 @@ class Thrifty:
 
     async def acall(self, request: Mapping[str, Any],
                     upstream: Callable[[dict[str, Any]], Awaitable[Completion]]) -> Completion | Reused:
-        """Async twin of :meth:`call`."""
+        """Async twin of :meth:`call`: an audit runs as a task of the event loop, never awaited by
+        the caller."""
         decision = await self.abegin(request)
         if isinstance(decision, Reused):
+            self.aaudit(request, decision, upstream)
             return decision
         while True:
             try:
@@ -268,6 +285,73 @@ class Thrifty:
         return await self.cache.astore(canon, self.books.price(with_usage(completion, request, completion.model),
                                                                completion.model))
 
+    def report_wrong(self, request: Mapping[str, Any]) -> Reported:
+        """The answer ``request`` was served is wrong for it: never serve it that answer again.
+
+        Served by meaning: the pairing (stored entry, this request) is blocked, with the store
+        (and near copies of the request are refused it too); served from its own entry: the entry
+        is evicted. What was served is remembered for the last ``cache.remember_served``
+        requests; for older ones, what a lookup would serve now is undone. Recorded in the ledger
+        (``reported_wrong``). Never raises: a request that cannot be read is ``nothing``.
+        """
+        try:
+            canon = canonicalize(request, self.settings)
+        except InvalidRequest as exc:
+            return Reported("nothing", detail=str(exc))
+        return self.reporter.report(canon)
+
+    async def areport_wrong(self, request: Mapping[str, Any]) -> Reported:
+        """Async twin of :meth:`report_wrong`."""
+        try:
+            canon = canonicalize(request, self.settings)
+        except InvalidRequest as exc:
+            return Reported("nothing", detail=str(exc))
+        return await self.reporter.areport(canon)
+
+    def audit(self, request: Mapping[str, Any], reused: Reused,
+              upstream: Callable[[dict[str, Any]], Completion]) -> bool:
+        """Maybe audit the answer ``reused`` that ``begin(request)`` returned (:mod:`thrifty.audit`):
+        when it is chosen, ``upstream(request)`` is called on a thread of its own and this returns
+        at once. For adapters that use ``begin``; :meth:`call` does it itself. True: an audit
+        started. Never raises."""
+        job = self._audit_job(request, reused)
+        if job is None:
+            return False
+        try:
+            self._start_audit_thread(job, upstream)
+        except RuntimeError as exc:  # no thread to be had: no audit, the caller is not told
+            self.auditor.not_started(job, exc)
+            return False
+        return True
+
+    def aaudit(self, request: Mapping[str, Any], reused: Reused,
+               upstream: Callable[[dict[str, Any]], Awaitable[Completion]]) -> bool:
+        """:meth:`audit` for an adapter on an event loop (one that uses ``abegin``): the audit is a
+        task of the running loop, which the gate keeps and nobody awaits. Call it from the loop."""
+        job = self._audit_job(request, reused)
+        if job is None:
+            return False
+        try:
+            self._start_audit_task(job, upstream)
+        except RuntimeError as exc:  # called outside a running event loop
+            self.auditor.not_started(job, exc)
+            return False
+        return True
+
+    def settle_audits(self, timeout: float | None = None) -> None:
+        """Wait for the audits running on threads (started by :meth:`call`) to end."""
+        with self._audit_lock:
+            threads = list(self._audit_threads)
+        for thread in threads:
+            thread.join(timeout)
+
+    async def asettle_audits(self) -> None:
+        """Wait for the audit tasks of this event loop (started by :meth:`acall`) to end."""
+        loop = asyncio.get_running_loop()
+        tasks = [t for t in list(self._audit_tasks) if t.get_loop() is loop]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     def account(self, request: Mapping[str, Any]) -> Ticket:
         """A ticket for a call thrifty does not decide - a framework makes it with its own model -
         so that budgets hold for it and the ledger records it.
@@ -295,6 +379,9 @@ class Thrifty:
         """The answer a lookup found, recorded in the ledger; None on a miss."""
         self.books.looked_up(canon, found)
         if found.hit and found.answer is not None and found.tier is not None:
+            served = Served.of(found)
+            if served is not None:
+                self.served.remember(canon.exact_key, served)
             return Reused(found.answer, found.tier, found.saved_cost, found.saved_tokens, found.similarity, found)
         return None
 
@@ -373,6 +460,34 @@ class Thrifty:
     def _joined(self, canon: CanonicalRequest, completion: Completion) -> Reused:
         self.books.joined(canon, completion)
         return Reused(dict(completion.answer), "joined", completion.cost or 0.0, completion.tokens)
+
+    # ------------------------------------------------------------------ shadow audits
+    def _audit_job(self, request: Mapping[str, Any], reused: Reused) -> AuditJob | None:
+        if reused.source != "semantic" or reused.lookup is None or not self.auditor.enabled:
+            return None
+        try:
+            canon = canonicalize(request, self.settings)
+        except InvalidRequest:
+            return None
+        return self.auditor.job(request, canon, reused.lookup)
+
+    def _start_audit_task(self, job: AuditJob, upstream: Callable[[dict[str, Any]], Awaitable[Completion]]) -> None:
+        task = asyncio.get_running_loop().create_task(self.auditor.arun(job, upstream), name="thrifty-audit")
+        self._audit_tasks.add(task)  # a reference, so that the task is not collected before it ends
+        task.add_done_callback(self._audit_tasks.discard)
+
+    def _start_audit_thread(self, job: AuditJob, upstream: Callable[[dict[str, Any]], Completion]) -> None:
+        def audit() -> None:
+            try:
+                self.auditor.run(job, upstream)
+            finally:
+                with self._audit_lock:
+                    self._audit_threads.discard(thread)
+
+        thread = threading.Thread(target=audit, name="thrifty-audit", daemon=True)
+        with self._audit_lock:
+            self._audit_threads.add(thread)
+        thread.start()
 
     # ------------------------------------------------------------------ routing and budgets
     def _prepared(self, ticket: Ticket, vector: Vector | None) -> Plan[Ticket]:

@@ -103,6 +103,11 @@ def _headline(events: Sequence[LedgerEvent], savings: SavingsBySource) -> str:
              ("upstream calls", str(totals.calls)), ("cache hits", str(totals.hits)),
              ("joined calls", str(totals.joined)), ("near duplicates refused", str(totals.refused)),
              ("refused by budget", str(totals.budget_refusals))]
+    if totals.audits:
+        cards.append(("audits", f"{totals.audits} calls, {money(totals.audit_cost)}, "
+                      f"{totals.audit_disagreements} disagreements"))
+    if totals.reported_wrong:
+        cards.append(("reported wrong", str(totals.reported_wrong)))
     return ('<section id="totals"><h2>Totals from the ledger</h2><div class="cards">'
             + "".join(f'<div class="card">{escape(name)}<b>{escape(value)}</b></div>' for name, value in cards)
             + "</div></section>")

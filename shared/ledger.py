@@ -11,7 +11,16 @@ Each :class:`LedgerEvent` is one decision:
 * ``cache_hit``: answered from the cache; ``joined``: waited for an identical call in flight and
   shared its answer (both with what they saved);
 * ``refused``: a near duplicate the verifier would not reuse;
-* ``budget_refused``: a call a budget did not let through.
+* ``budget_refused``: a call a budget did not let through;
+* ``audit``: a shadow audit's call (:mod:`thrifty.audit`), made in the background after a
+  semantic hit was served: ``cost`` what it cost, ``outcome`` ``agree``, ``disagree`` (the pairing
+  was blocked and the fresh answer stored) or ``failed``. Audits are not counted among ``calls``:
+  the caller never waited for them, and the budgets do not see them (they have a cap of their own);
+* ``reported_wrong``: the application reported a served answer wrong
+  (:meth:`thrifty.gate.Thrifty.report_wrong`); ``outcome`` says what was done (``blocked``,
+  ``evicted`` or ``nothing``).
+
+Readers skip kinds they do not know, so an older ``thrifty report`` reads a newer ledger.
 
 Events are kept in memory and, when a path is set, appended to a JSON-lines file that
 ``thrifty report`` reads. Writing is best effort: a failing file is logged once and the ledger
@@ -32,8 +41,8 @@ from typing import Any, Literal
 
 log = logging.getLogger("thrifty.ledger")
 
-EventKind = Literal["call", "cache_hit", "joined", "refused", "budget_refused"]
-EVENT_KINDS = ("call", "cache_hit", "joined", "refused", "budget_refused")
+EventKind = Literal["call", "cache_hit", "joined", "refused", "budget_refused", "audit", "reported_wrong"]
+EVENT_KINDS = ("call", "cache_hit", "joined", "refused", "budget_refused", "audit", "reported_wrong")
 CallOutcome = Literal["ok", "rejected", "escalated", "failed"]
 
 
@@ -60,7 +69,9 @@ class LedgerEvent:
 @dataclass
 class Totals:
     """Sums over a set of events. ``calls`` counts every upstream call (``escalations``,
-    ``rejected`` and ``failed`` among them) and ``cost`` what they cost."""
+    ``rejected`` and ``failed`` among them) and ``cost`` what they cost. Audits are apart:
+    ``audits`` calls costing ``audit_cost``, ``audit_disagreements`` of them disagreeing;
+    ``reported_wrong`` counts the application's reports."""
 
     calls: int = 0
     hits: int = 0
@@ -74,6 +85,10 @@ class Totals:
     cost: float = 0.0
     saved: float = 0.0
     saved_tokens: int = 0
+    audits: int = 0
+    audit_cost: float = 0.0
+    audit_disagreements: int = 0
+    reported_wrong: int = 0
 
     def add(self, event: LedgerEvent) -> None:
         if event.kind == "call":
@@ -97,6 +112,13 @@ class Totals:
             self.refused += 1
         elif event.kind == "budget_refused":
             self.budget_refusals += 1
+        elif event.kind == "audit":
+            self.audits += 1
+            self.audit_cost += event.cost
+            if event.outcome == "disagree":
+                self.audit_disagreements += 1
+        elif event.kind == "reported_wrong":
+            self.reported_wrong += 1
 
 
 class Ledger:

@@ -5,7 +5,9 @@ Entries are Redis hashes under ``<prefix>:cache:e:<exact key>``, so the exact ti
 embedding size (``vector_384`` for MiniLM), and tag fields for scope, tenant and namespace. A
 lookup searches only its own scope (a tag filter on the KNN query). Expiry is Redis's own: each
 entry key carries its TTL. A sorted set of keys by last use bounds the store at ``max_entries``,
-evicting the least recently used.
+evicting the least recently used. Blocked pairings (:mod:`thrifty.blocks`) are hashes too, one
+per stored entry: ``<prefix>:cache:b:<stored key>``, field = the blocked request's exact key, value
+= the block as JSON; every process sharing the store sees them at once.
 
 Fail open: every call has a timeout; connection failures feed a circuit breaker
 (:mod:`thrifty.breaker`), and while it is open every operation returns "nothing found" / does
@@ -24,7 +26,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -35,6 +37,7 @@ from redisvl.query import VectorQuery
 from redisvl.query.filter import Tag
 from redisvl.schema import IndexSchema
 
+from .blocks import Block
 from .redis_client import TRANSIENT_ERRORS, GuardedRedis, redact
 from .settings import RedisSettings
 from .store import CacheEntry, Neighbour
@@ -180,11 +183,12 @@ class RedisStore:
     def clear(self) -> None:
         def go() -> None:
             batch: list[bytes] = []
-            for key in self._client.scan_iter(match=f"{self.prefix}:e:*", count=1000):
-                batch.append(key)
-                if len(batch) >= 1000:
-                    self._client.delete(*batch)
-                    batch = []
+            for pattern in (f"{self.prefix}:e:*", f"{self.prefix}:b:*"):
+                for key in self._client.scan_iter(match=pattern, count=1000):
+                    batch.append(key)
+                    if len(batch) >= 1000:
+                        self._client.delete(*batch)
+                        batch = []
             if batch:
                 self._client.delete(*batch)
             self._client.delete(self._lru)
@@ -243,6 +247,57 @@ class RedisStore:
 
     async def arecord_hit(self, entry_id: str, now: float) -> None:
         self.record_hit(entry_id, now)  # only queues: never waits on Redis
+
+    # ------------------------------------------------------------------ blocked pairings
+    def block(self, block: Block) -> None:
+        self._run(lambda: self._client.hset(self._block_key(block.stored_key), block.new_key, _block_json(block)),
+                  None)
+
+    def blocks(self, stored_keys: Sequence[str]) -> list[Block]:
+        if not stored_keys:
+            return []
+
+        def go() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for key in stored_keys:
+                pipe.hvals(self._block_key(key))
+            return list(pipe.execute())
+
+        return self._parse_blocks(self._run(go, []))
+
+    async def ablock(self, block: Block) -> None:
+        client = self._aclient()
+        await self._arun(lambda: client.hset(self._block_key(block.stored_key), block.new_key,  # type: ignore[arg-type]
+                                             _block_json(block)), None)
+
+    async def ablocks(self, stored_keys: Sequence[str]) -> list[Block]:
+        if not stored_keys:
+            return []
+        client = self._aclient()
+
+        async def go() -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for key in stored_keys:
+                pipe.hvals(self._block_key(key))
+            return list(await pipe.execute())
+
+        return self._parse_blocks(await self._arun(go, []))
+
+    def _block_key(self, stored_key: str) -> str:
+        return f"{self.prefix}:b:{stored_key}"
+
+    def _parse_blocks(self, replies: list[Any]) -> list[Block]:
+        found: list[Block] = []
+        for values in replies:
+            for raw in values or ():
+                try:
+                    data = json.loads(_text(raw))
+                    found.append(Block(str(data["stored_key"]), str(data["new_key"]), str(data["stored_text"]),
+                                       str(data["new_text"]), str(data.get("source", "reported")),
+                                       float(data.get("at", 0.0))))
+                except (ValueError, TypeError, KeyError, AttributeError):
+                    self.skipped_entries += 1
+        return found
 
     # ------------------------------------------------------------------ Redis calls
     def _run(self, call: Callable[[], T], default: T) -> T:
@@ -358,6 +413,12 @@ class RedisStore:
                 continue
             found.append(Neighbour(entry, similarity))
         return found
+
+
+def _block_json(block: Block) -> str:
+    return json.dumps({"stored_key": block.stored_key, "new_key": block.new_key, "stored_text": block.stored_text,
+                       "new_text": block.new_text, "source": block.source, "at": block.at},
+                      ensure_ascii=False, separators=(",", ":"))
 
 
 def _text(value: Any) -> str:

@@ -110,6 +110,36 @@ class CacheSettings(_Section):
     user_keys: list[str] = Field(
         default_factory=lambda: ["user", "user_id", "end_user", "end_user_id"],
         description="request fields / metadata keys naming the end user")
+    block_near: float = Field(
+        0.97, ge=-1, le=2,
+        description="learning from blocked pairings: a stored entry is also refused for a new request whose "
+        "text is at least this close (cosine) to a request it was blocked for; above 1: exact pairings only")
+    remember_served: int = Field(
+        10_000, ge=0, description="requests whose served answer the gate remembers, so that report_wrong "
+        "blocks or evicts exactly what was served (older ones: what a lookup would serve now)")
+    audit_rate: float = Field(
+        0.0, ge=0, le=1,
+        description="shadow audits: the share of semantic hits also sent upstream in the background, after the "
+        "caller has the cached answer; a disagreement blocks the pairing and stores the fresh answer under the "
+        "request's own key. 0 turns audits off (audit_first included); 0.02 costs at most about 2% of what "
+        "semantic hits save")
+    audit_first: int = Field(
+        1, ge=0, description="with audits on, always audit the first this many hits of each new pairing (stored "
+        "entry, new request) this process serves; the rest at audit_rate")
+    audit_max_temperature: float = Field(
+        0.7, ge=0, description="requests sampled hotter than this are never audited (their answers differ "
+        "from themselves); a request that names no temperature is audited")
+    audit_budget_usd: float = Field(
+        1.0, ge=0, description="audit spend cap per process, in dollars: an audit is not started when its "
+        "worst case (or, for a model with no price, the stored answer's cost) would pass it")
+    audit_min_similarity: float = Field(
+        0.8, ge=-1, le=1, description="an audit's fresh answer agrees with the cached one when the cosine of the "
+        "two answer texts is at least this and the certain rules (numbers, identifiers, negation) see no "
+        "difference")
+    audit_model: str | None = Field(
+        None, description="model the audits ask; None: the model that wrote the stored answer")
+    audit_seed: int | None = Field(
+        None, description="seed of the audit draw (for reproducible tests); None: random")
 
     @field_validator("ttl_by_namespace")
     @classmethod

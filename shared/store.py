@@ -11,9 +11,11 @@ method has an async twin that does not block the event loop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from .blocks import Block
 from .settings import ThriftySettings
 from .vectors import Vector
 
@@ -82,9 +84,19 @@ class Store(Protocol):
 
     def delete(self, entry_id: str) -> None: ...
 
-    def clear(self) -> None: ...
+    def clear(self) -> None:
+        """Remove every entry and every block."""
+        ...
 
     def close(self) -> None: ...
+
+    def block(self, block: Block) -> None:
+        """Keep ``block`` (:mod:`thrifty.blocks`) with the entries, as durable as they are."""
+        ...
+
+    def blocks(self, stored_keys: Sequence[str]) -> list[Block]:
+        """Every block on an entry whose exact key is in ``stored_keys``."""
+        ...
 
     async def aget_exact(self, scope: str, exact_key: str, now: float) -> CacheEntry | None: ...
 
@@ -93,6 +105,10 @@ class Store(Protocol):
     async def aput(self, entry: CacheEntry) -> None: ...
 
     async def arecord_hit(self, entry_id: str, now: float) -> None: ...
+
+    async def ablock(self, block: Block) -> None: ...
+
+    async def ablocks(self, stored_keys: Sequence[str]) -> list[Block]: ...
 
 
 def make_store(settings: ThriftySettings) -> Store:
