@@ -121,8 +121,8 @@ class CacheSettings(_Section):
         0.0, ge=0, le=1,
         description="shadow audits: the share of semantic hits also sent upstream in the background, after the "
         "caller has the cached answer; a disagreement blocks the pairing and stores the fresh answer under the "
-        "request's own key. 0 turns audits off (audit_first included); 0.02 costs at most about 2% of what "
-        "semantic hits save")
+        "request's own key. 0 turns audits off (audit_first included); each audit costs one upstream call, "
+        "counted in the ledger as an audit")
     audit_first: int = Field(
         1, ge=0, description="with audits on, always audit the first this many hits of each new pairing (stored "
         "entry, new request) this process serves; the rest at audit_rate")
