@@ -15,6 +15,11 @@ fails, so a cache cannot join concurrent identical calls or hold a budget reserv
 would wait for an ending that never comes). The cache reuses and stores answers; swap the model
 for a ``CostRouter`` for single-flight, routing and budgets.
 
+A wrong answer: ``cache.report_wrong(prompt, llm_string)`` (LangChain's cache key of the call
+that got it) never serves it that answer again (:meth:`thrifty.Thrifty.report_wrong`). No shadow
+audits here: the cache has no way to call the model itself (LangChain makes the call), so
+``cache.audit_rate`` does nothing for it; a ``CostRouter`` is audited.
+
 thrifty fails open here too: a lookup or a store that meets an error in thrifty's own parts is a
 miss or a no-op, logged once per kind.
 """
@@ -27,7 +32,7 @@ from typing import Any
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from langchain_core.outputs import ChatGeneration
-from thrifty import Completion, Reused, Thrifty, ThriftySettings
+from thrifty import Completion, Reported, Reused, Thrifty, ThriftySettings
 from thrifty.log_once import LogOnce
 
 from .gate import gate_for
@@ -86,6 +91,25 @@ class ThriftyCache(BaseCache):
                 await self.gate.astore(*storable)
         except Exception as exc:  # noqa: BLE001 - fail open: nothing stored
             self._warn("update", exc)
+
+    # ------------------------------------------------------------------ wrong-answer reports
+    def report_wrong(self, prompt: str, llm_string: str) -> Reported:
+        """The answer LangChain's cache key (``prompt``, ``llm_string``) was served is wrong for
+        it: never serve it again (the pairing blocked, or the entry evicted). The tenant and the
+        other owners come from the current run's metadata, as for a lookup. Never raises."""
+        try:
+            request = cache_request(prompt, llm_string, self._metadata())
+        except Exception as exc:  # noqa: BLE001 - a report never raises
+            return Reported("nothing", detail=repr(exc))
+        return self.gate.report_wrong(request)
+
+    async def areport_wrong(self, prompt: str, llm_string: str) -> Reported:
+        """Async twin of :meth:`report_wrong`."""
+        try:
+            request = cache_request(prompt, llm_string, self._metadata())
+        except Exception as exc:  # noqa: BLE001 - a report never raises
+            return Reported("nothing", detail=repr(exc))
+        return await self.gate.areport_wrong(request)
 
     def clear(self, **kwargs: Any) -> None:
         """Remove every stored answer."""

@@ -17,12 +17,18 @@ and structured output its own way. What was decided is in the answer's
 
 Tiers are named by the user (``CostRouter({"cheap": m1, "premium": m2})``) or after their models;
 in thrifty's books a tier's model is ``<tier>/<model name>``, priced as the model.
+
+Shadow audits (``cache.audit_rate``): a semantic hit is audited by the gate (``call`` / ``acall``,
+or ``audit`` / ``aaudit`` for streams) with the tier whose books model the auditor asks for (the one
+that wrote the stored answer; ``cache.audit_model`` names a tier, or ``<tier>/<model>``), called
+as the router's child run. A wrong answer: ``router.report_wrong(input, config)`` with the input and
+config of the call that got it (:meth:`thrifty.Thrifty.report_wrong`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +39,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, ensure_config
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr
-from thrifty import Completion, Reused, Thrifty, ThriftySettings, Ticket
+from thrifty import Completion, Reported, Reused, Thrifty, ThriftySettings, Ticket
 from thrifty.router import Router, Validator
 from thrifty.settings import RouterSettings, TierSettings
 
@@ -108,27 +114,40 @@ class CostRouter(BaseChatModel):
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         request = self._request(messages, stop, run_manager, kwargs)
         calls: list[str] = []
-
-        def upstream(call: Mapping[str, Any]) -> Completion:
-            name, tier = self._tier(call["model"])
-            calls.append(name)
-            output = tier.invoke(messages, stop=stop, config=self._child_config(run_manager, name), **kwargs)
-            return self._completion(output, call["model"], name)
-
+        upstream = self._upstream(messages, stop, run_manager, kwargs, calls)
         return self._result(self._gate.call(request, upstream), calls)
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         request = self._request(messages, stop, run_manager, kwargs)
         calls: list[str] = []
+        upstream = self._aupstream(messages, stop, run_manager, kwargs, calls)
+        return self._result(await self._gate.acall(request, upstream), calls)
 
+    def _upstream(self, messages: list[BaseMessage], stop: list[str] | None,
+                  run_manager: CallbackManagerForLLMRun | None, kwargs: dict[str, Any],
+                  calls: list[str]) -> Callable[[Mapping[str, Any]], Completion]:
+        """The call of the tier a thrifty request's ``model`` names (a routed call, or an audit),
+        as the router's child run; each tier called is added to ``calls``."""
+        def upstream(call: Mapping[str, Any]) -> Completion:
+            name, tier = self._tier(call["model"])
+            calls.append(name)
+            output = tier.invoke(messages, stop=stop, config=self._child_config(run_manager, name), **kwargs)
+            return self._completion(output, call["model"], name)
+
+        return upstream
+
+    def _aupstream(self, messages: list[BaseMessage], stop: list[str] | None,
+                   run_manager: AsyncCallbackManagerForLLMRun | None, kwargs: dict[str, Any],
+                   calls: list[str]) -> Callable[[Mapping[str, Any]], Awaitable[Completion]]:
+        """Async twin of :meth:`_upstream`."""
         async def upstream(call: Mapping[str, Any]) -> Completion:
             name, tier = self._tier(call["model"])
             calls.append(name)
             output = await tier.ainvoke(messages, stop=stop, config=self._child_config(run_manager, name), **kwargs)
             return self._completion(output, call["model"], name)
 
-        return self._result(await self._gate.acall(request, upstream), calls)
+        return upstream
 
     # ------------------------------------------------------------------ streams
     def stream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
@@ -148,9 +167,11 @@ class CostRouter(BaseChatModel):
         if self.structured:  # a structured tier answers whole: nothing to stream but the one answer
             yield from _replay(self._generate(messages, stop, run_manager, **kwargs).generations[0].message)
             return
-        decision = self._gate.begin(self._request(messages, stop, run_manager, kwargs))
+        request = self._request(messages, stop, run_manager, kwargs)
+        decision = self._gate.begin(request)
         if isinstance(decision, Reused):
             yield from _replay(message_of(decision.answer, _reused_info(decision), reused=True))
+            self._gate.audit(request, decision, self._upstream(messages, stop, run_manager, dict(kwargs), []))
             return
         name, tier = self._tier(decision.model or "")
         chunks: list[AIMessageChunk] = []
@@ -174,10 +195,12 @@ class CostRouter(BaseChatModel):
             for chunk in _replay(result.generations[0].message):
                 yield chunk
             return
-        decision = await self._gate.abegin(self._request(messages, stop, run_manager, kwargs))
+        request = self._request(messages, stop, run_manager, kwargs)
+        decision = await self._gate.abegin(request)
         if isinstance(decision, Reused):
             for chunk in _replay(message_of(decision.answer, _reused_info(decision), reused=True)):
                 yield chunk
+            self._gate.aaudit(request, decision, self._aupstream(messages, stop, run_manager, dict(kwargs), []))
             return
         name, tier = self._tier(decision.model or "")
         chunks: list[AIMessageChunk] = []
@@ -193,6 +216,32 @@ class CostRouter(BaseChatModel):
         completion = self._completion(_whole(chunks), decision.model, name)
         await decision.acomplete(completion, rejected=decision.validation_failure(completion))
         yield _last_chunk(_call_info(decision, [name]))
+
+    # ------------------------------------------------------------------ wrong-answer reports
+    def report_wrong(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
+                     stop: list[str] | None = None, **kwargs: Any) -> Reported:
+        """The answer the call ``invoke(input, config, stop=stop, **kwargs)`` got is wrong for it:
+        never serve it that answer again (see :meth:`thrifty.Thrifty.report_wrong`). The tenant
+        and other owners come from ``config``'s metadata, as for the call. Never raises."""
+        try:
+            request = self._report_request(input, config, stop, kwargs)
+        except Exception as exc:  # noqa: BLE001 - a report never raises
+            return Reported("nothing", detail=repr(exc))
+        return self._gate.report_wrong(request)
+
+    async def areport_wrong(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
+                            stop: list[str] | None = None, **kwargs: Any) -> Reported:
+        """Async twin of :meth:`report_wrong`."""
+        try:
+            request = self._report_request(input, config, stop, kwargs)
+        except Exception as exc:  # noqa: BLE001 - a report never raises
+            return Reported("nothing", detail=repr(exc))
+        return await self._gate.areport_wrong(request)
+
+    def _report_request(self, input: LanguageModelInput, config: RunnableConfig | None, stop: list[str] | None,
+                        kwargs: dict[str, Any]) -> dict[str, Any]:
+        messages = self._convert_input(input).to_messages()
+        return router_request(self.route, messages, stop, dict(kwargs), self.bound, _config_owners(config))
 
     # ------------------------------------------------------------------ tools and structured output
     def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None,

@@ -6,15 +6,21 @@
 or ``litellm.callbacks.append(litellm_plugins.ThriftyCallback(...))``; for a Router with a model
 group of tiers, ``router.set_custom_routing_strategy(litellm_plugins.CostAwareRouting(router))``;
 for the proxy, ``litellm_settings: {callbacks: ["litellm_plugins.proxy_handler"]}``.
+
+A wrong answer: ``litellm_plugins.report_wrong(kwargs)`` with the kwargs of the call that got it
+(or the call again with ``metadata={"thrifty_report_wrong": True}``, which also answers it afresh;
+through the proxy, the only way, and the report is the caller's own tenant's).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import litellm
 from thrifty import Thrifty, ThriftySettings
+from thrifty.reports import Reported
 from thrifty.router import Validator
 
 from .callback import ThriftyCache, ThriftyCallback
@@ -24,10 +30,13 @@ __all__ = [
     "BudgetExceededError",
     "CallAbandoned",
     "CostAwareRouting",
+    "Reported",
     "ThriftyCache",
     "ThriftyCallback",
+    "areport_wrong",
     "install",
     "installed",
+    "report_wrong",
     "uninstall",
 ]
 
@@ -46,6 +55,26 @@ def install(settings: ThriftySettings | str | Path | None = None, *, gate: Thrif
 def installed() -> ThriftyCallback | None:
     """The ThriftyCallback in ``litellm.callbacks``, if any."""
     return next((c for c in litellm.callbacks if isinstance(c, ThriftyCallback)), None)
+
+
+def report_wrong(request_kwargs: Mapping[str, Any], *, model: str | None = None) -> Reported:
+    """The answer the call ``request_kwargs`` (the kwargs given to ``litellm.completion`` /
+    ``acompletion``, or to a Router: pass its ``model`` group if the kwargs lack it) was served is
+    wrong: the installed callback's gate never serves it that answer again (it blocks the pairing,
+    or evicts the request's own entry; see :meth:`thrifty.Thrifty.report_wrong`). Never raises:
+    without thrifty installed, nothing is done (``Reported.detail`` says so)."""
+    callback = installed()
+    if callback is None:
+        return Reported("nothing", detail="thrifty is not installed in LiteLLM")
+    return callback.report_wrong(request_kwargs, model=model)
+
+
+async def areport_wrong(request_kwargs: Mapping[str, Any], *, model: str | None = None) -> Reported:
+    """Async twin of :func:`report_wrong`."""
+    callback = installed()
+    if callback is None:
+        return Reported("nothing", detail="thrifty is not installed in LiteLLM")
+    return await callback.areport_wrong(request_kwargs, model=model)
 
 
 def uninstall() -> None:

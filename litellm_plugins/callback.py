@@ -38,6 +38,23 @@ forgotten, and the later hooks find nothing to do.
 * a call dropped without either (cancelled, a stream abandoned midway): the finaliser on
   LiteLLM's logging object (:meth:`ThriftyCallback._abandoned`).
 
+Shadow audits (``cache.audit_rate``, :mod:`thrifty.audit`): a semantic hit served through
+LiteLLM's cache lookup is handed to the gate's ``aaudit`` (async calls: a task of the caller's
+event loop) or ``audit`` (sync calls: a thread of its own), with an upstream that calls LiteLLM
+again - ``litellm.acompletion`` / ``litellm.completion``, the Router, or the proxy's Router, as the
+call was made - on the model the auditor asks for (a Router group's call pins the tier of that
+model). Like an escalated re-call, an audit call carries a mark in its metadata that only this
+callback recognises (:data:`~litellm_plugins.translate.PARENT`): thrifty lets it through - no
+lookup, no join, nothing stored by the normal path (the auditor stores the fresh answer itself on a
+disagreement), and it is recorded once, as an audit. A hit whose call was decided without a way to
+call again (no recall) is not audited.
+
+Wrong-answer reports: :meth:`ThriftyCallback.report_wrong` (``litellm_plugins.report_wrong``) on
+the kwargs of the call, or a call whose metadata has ``thrifty_report_wrong: true``
+(:data:`~litellm_plugins.translate.REPORT_WRONG`): the answer that request was served is reported
+first (the gate's ``report_wrong``, on the request as thrifty sees it - with the proxy's tenant),
+then the call is decided as usual, so it is answered afresh.
+
 thrifty fails open here as everywhere: an error in thrifty's own parts lets the call through
 untouched. Only a budget refusal (:class:`~litellm_plugins.errors.BudgetExceededError`) and a
 failure shared by the leader of a joined call reach the caller.
@@ -49,7 +66,8 @@ import logging
 import threading
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,12 +79,14 @@ from litellm.integrations.custom_logger import CustomLogger
 from thrifty import BudgetExceeded, Completion, Reused, Thrifty, ThriftySettings, Ticket, UpstreamError
 from thrifty.log_once import LogOnce
 from thrifty.plan import Plan, arun, run
+from thrifty.reports import Reported
 from thrifty.router import Validator
 
 from .errors import BudgetExceededError, CallAbandoned
 from .translate import (
     CHAT_CALL_TYPES,
     PARENT,
+    REPORT_WRONG,
     THRIFTY,
     TIER_PIN,
     call_id_of,
@@ -81,6 +101,7 @@ from .translate import (
 log = logging.getLogger("thrifty.litellm")
 
 Recall = Callable[..., Awaitable[Any]]
+SyncRecall = Callable[..., Any]
 
 
 @dataclass
@@ -89,17 +110,25 @@ class CallState:
 
     decision: Reused | Ticket | None  # None: thrifty lets the call through untouched
     recall_kwargs: dict[str, Any] = field(default_factory=dict)  # the caller's, for an escalated re-call
-    recall: Recall | None = None  # how to call again on a higher tier
+    recall: Recall | None = None  # how to call again on a higher tier (and for an audit, async)
+    sync_recall: SyncRecall | None = None  # how to call again from a thread (a sync call's audit)
     recall_model: str | None = None  # the model to re-call (a Router's group); None: the ticket's model
     reroute: bool = False  # the call's model must be set to the ticket's (decided before LiteLLM resolved it)
-    parent: str | None = None  # this call is an escalated re-call made for that call
+    parent: str | None = None  # this call is thrifty's own: an escalated re-call made for that call, or an audit
     watched: bool = False  # a finaliser on LiteLLM's logging object ends the decision if the call is dropped
+    request: dict[str, Any] | None = None  # the request as thrifty decided on it (what an audit audits)
+    reported: str | None = None  # what a thrifty_report_wrong flag on this call did (Reported.action)
 
 
 # What deciding and finishing ask of the gate and the ticket; written once (thrifty.plan),
 # performed by blocking calls for LiteLLM's sync path and awaited for its async path.
 @dataclass(frozen=True)
 class _Begin:
+    request: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Report:
     request: dict[str, Any]
 
 
@@ -127,6 +156,16 @@ class _Recall:
     state: CallState
     ticket: Ticket
     call_id: str | None
+
+
+@dataclass(frozen=True)
+class _Recalls:
+    """How a call can be made again: async (escalation, an async call's audit), from a thread (a
+    sync call's audit), and on which model (a Router's group; None: the ticket's or the audit's)."""
+
+    recall: Recall | None
+    sync_recall: SyncRecall | None
+    model: str | None
 
 
 class ThriftyCallback(CustomLogger):  # type: ignore[misc]
@@ -161,30 +200,63 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
     # ------------------------------------------------------------------ decisions
     def decide(self, kwargs: Mapping[str, Any], *, model: str | None = None, tenant: str | None = None,
                recall: Recall | None = None, recall_model: str | None = None,
-               reroute: bool = False) -> CallState:
+               reroute: bool = False, sync_recall: SyncRecall | None = None) -> CallState:
         """Decide for the call ``kwargs`` describes (sync): reuse an answer, or call - on which
         tier, with what reserved. Raises a budget refusal or a joined leader's failure."""
-        return run(self._decide_plan(kwargs, model, tenant, recall, recall_model, reroute), self._perform)
+        plan = self._decide_plan(kwargs, model, tenant, _Recalls(recall, sync_recall, recall_model), reroute)
+        return run(plan, self._perform)
 
     async def adecide(self, kwargs: Mapping[str, Any], *, model: str | None = None, tenant: str | None = None,
                       recall: Recall | None = None, recall_model: str | None = None,
-                      reroute: bool = False) -> CallState:
+                      reroute: bool = False, sync_recall: SyncRecall | None = None) -> CallState:
         """Async twin of :meth:`decide`."""
-        return await arun(self._decide_plan(kwargs, model, tenant, recall, recall_model, reroute), self._aperform)
+        plan = self._decide_plan(kwargs, model, tenant, _Recalls(recall, sync_recall, recall_model), reroute)
+        return await arun(plan, self._aperform)
 
-    def _decide_plan(self, kwargs: Mapping[str, Any], model: str | None, tenant: str | None, recall: Recall | None,
-                     recall_model: str | None, reroute: bool) -> Plan[CallState]:
+    def _decide_plan(self, kwargs: Mapping[str, Any], model: str | None, tenant: str | None, recalls: _Recalls,
+                     reroute: bool) -> Plan[CallState]:
         call_id = call_id_of(kwargs)
         state = self._existing(call_id, kwargs)
         if state is not None:
             return state
         decision: Reused | Ticket | None
+        request: dict[str, Any] | None = None
+        reported: Reported | None = None
         try:
-            decision = yield _Begin(thrifty_request(kwargs, model=model, tenant=tenant))
+            request = thrifty_request(kwargs, model=model, tenant=tenant)
+            if _flagged(request["metadata"].pop(REPORT_WRONG, None)):
+                reported = yield _Report(request)
+            decision = yield _Begin(request)
         except Exception as exc:  # noqa: BLE001 - sorted by _refusal
             self._refusal(exc)
             decision = None
-        return self._remember(call_id, kwargs, decision, recall, recall_model, reroute)
+        state = self._remember(call_id, kwargs, decision, recalls, reroute, request)
+        state.reported = reported.action if reported is not None else None
+        return state
+
+    # ------------------------------------------------------------------ wrong-answer reports
+    def report_wrong(self, kwargs: Mapping[str, Any], *, model: str | None = None,
+                     tenant: str | None = None) -> Reported:
+        """The answer the call ``kwargs`` (as given to ``litellm.completion``, a Router or the
+        proxy) was served is wrong for it: the gate's ``report_wrong`` on the request as thrifty
+        decided on it (``model``: a Router's group; ``tenant``: imposed, as the proxy does).
+        Never raises."""
+        try:
+            request = thrifty_request(kwargs, model=model, tenant=tenant)
+        except Exception as exc:  # noqa: BLE001 - a report never raises
+            return Reported("nothing", detail=repr(exc))
+        request["metadata"].pop(REPORT_WRONG, None)
+        return self.gate.report_wrong(request)
+
+    async def areport_wrong(self, kwargs: Mapping[str, Any], *, model: str | None = None,
+                            tenant: str | None = None) -> Reported:
+        """Async twin of :meth:`report_wrong`."""
+        try:
+            request = thrifty_request(kwargs, model=model, tenant=tenant)
+        except Exception as exc:  # noqa: BLE001 - a report never raises
+            return Reported("nothing", detail=repr(exc))
+        request["metadata"].pop(REPORT_WRONG, None)
+        return await self.gate.areport_wrong(request)
 
     def state(self, kwargs: Mapping[str, Any]) -> CallState | None:
         """The decision made for the call ``kwargs`` belongs to, if any."""
@@ -219,9 +291,10 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
         self._warn("decide", exc)
 
     def _remember(self, call_id: str | None, kwargs: Mapping[str, Any], decision: Reused | Ticket | None,
-                  recall: Recall | None, recall_model: str | None, reroute: bool) -> CallState:
-        state = CallState(decision, recall_kwargs=user_kwargs(kwargs), recall=recall, recall_model=recall_model,
-                          reroute=reroute)
+                  recalls: _Recalls, reroute: bool, request: dict[str, Any] | None) -> CallState:
+        state = CallState(decision, recall_kwargs=user_kwargs(kwargs), recall=recalls.recall,
+                          sync_recall=recalls.sync_recall, recall_model=recalls.model, reroute=reroute,
+                          request=request)
         if call_id is None:  # no later hook could find this decision: the call goes through untouched
             if isinstance(decision, Ticket):
                 decision.abandon()
@@ -281,13 +354,21 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ LiteLLM's cache lookup
     def lookup(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The reused answer for this call, if thrifty has one (deciding now if nothing did)."""
-        state = self.state(kwargs) or self.decide(kwargs)
-        return self._hit(state, kwargs)
+        """The reused answer for this call, if thrifty has one (deciding now if nothing did: a
+        sync SDK call, whose audit calls ``litellm.completion`` again)."""
+        state = self.state(kwargs) or self.decide(kwargs, sync_recall=litellm.completion)
+        hit = self._hit(state, kwargs)
+        if hit is not None:
+            self._audit(state)
+        return hit
 
     async def alookup(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Async twin of :meth:`lookup`; a hit's audit is a task of the caller's event loop."""
         state = self.state(kwargs) or await self.adecide(kwargs)
-        return self._hit(state, kwargs)
+        hit = self._hit(state, kwargs)
+        if hit is not None:
+            self._aaudit(state)
+        return hit
 
     def _hit(self, state: CallState, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         if not isinstance(state.decision, Reused):
@@ -300,7 +381,79 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
             # (Logging.response_cost_calculator, litellm/litellm_core_utils/litellm_logging.py);
             # its cache path sets that flag only after pricing the response it builds.
             logging_obj.model_call_details["cache_hit"] = True
-        return hit_payload(state.decision)
+        payload = hit_payload(state.decision)
+        if state.reported is not None:
+            payload["_hidden_params"][THRIFTY]["reported"] = state.reported
+        return payload
+
+    # ------------------------------------------------------------------ shadow audits
+    def _audit(self, state: CallState) -> None:
+        """Hand a reused answer served to a sync call to the gate's ``audit`` (a thread of its
+        own), with ``state.sync_recall`` as the audit's upstream."""
+        reused, recall = state.decision, state.sync_recall
+        if not isinstance(reused, Reused) or state.request is None or recall is None:
+            return
+        try:
+            self.gate.audit(state.request, reused, lambda request: self._audit_call(state, request, recall))
+        except Exception as exc:  # noqa: BLE001 - an audit never fails its caller
+            self._warn("audit", exc)
+
+    def _aaudit(self, state: CallState) -> None:
+        """Hand a reused answer served to an async call to the gate's ``aaudit`` (a task of the
+        running loop), with ``state.recall`` as the audit's upstream."""
+        reused, recall = state.decision, state.recall
+        if not isinstance(reused, Reused) or state.request is None or recall is None:
+            return
+
+        async def upstream(request: dict[str, Any]) -> Completion:
+            kwargs, mark = self._audit_kwargs(state, request)
+            with self._own_call(mark):
+                response = await recall(**kwargs)
+            return completion_of(response, model=kwargs.get("model"))
+
+        try:
+            self.gate.aaudit(state.request, reused, upstream)
+        except Exception as exc:  # noqa: BLE001 - an audit never fails its caller
+            self._warn("audit", exc)
+
+    def _audit_call(self, state: CallState, request: dict[str, Any], recall: SyncRecall) -> Completion:
+        kwargs, mark = self._audit_kwargs(state, request)
+        with self._own_call(mark):
+            response = recall(**kwargs)
+        return completion_of(response, model=kwargs.get("model"))
+
+    @staticmethod
+    def _audit_kwargs(state: CallState, request: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+        """The caller's kwargs for an audit of ``request`` (the auditor's: its ``model`` is the
+        one to ask), marked as thrifty's own call. A Router group's call stays on the group and
+        pins the tier of that model (:meth:`litellm_plugins.routing.CostAwareRouting.tier_of`)."""
+        kwargs = dict(state.recall_kwargs)
+        kwargs.pop("stream", None)
+        kwargs.pop("stream_options", None)
+        mark = f"audit:{uuid.uuid4().hex}"
+        metadata = {k: v for k, v in (kwargs.get("metadata") or {}).items() if k != REPORT_WRONG}
+        metadata[PARENT] = mark
+        model = request.get("model")
+        if state.recall_model is not None:
+            kwargs["model"] = state.recall_model
+            metadata[TIER_PIN] = model
+        elif isinstance(model, str):
+            kwargs["model"] = model
+            if state.reroute:  # a LiteLLM model name, as for an escalated re-call
+                kwargs["custom_llm_provider"] = _provider(model)
+        kwargs["metadata"] = metadata
+        return kwargs, mark
+
+    @contextmanager
+    def _own_call(self, mark: str) -> Iterator[None]:
+        """While the block runs, a call whose metadata carries ``mark`` is thrifty's own: let through."""
+        with self._lock:
+            self._recalls.add(mark)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._recalls.discard(mark)
 
     # ------------------------------------------------------------------ endings
     def finish(self, kwargs: Mapping[str, Any], response: Any) -> None:
@@ -332,7 +485,7 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
                     completion = completion_of(response, model=ticket.model)
             else:
                 yield _Complete(ticket, completion, ticket.validation_failure(completion))
-            _annotate(response, ticket)
+            _annotate(response, ticket, state.reported)
         except Exception as exc:  # noqa: BLE001 - fail open
             self._warn("finish", exc)
             yield _Fail(ticket, exc)
@@ -348,13 +501,8 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
         if state.reroute:  # a LiteLLM model name, not one of a Router's
             kwargs["custom_llm_provider"] = _provider(ticket.model)
         assert state.recall is not None
-        with self._lock:
-            self._recalls.add(mark)
-        try:
+        with self._own_call(mark):
             return await state.recall(**kwargs)
-        finally:
-            with self._lock:
-                self._recalls.discard(mark)
 
     def failed(self, kwargs: Mapping[str, Any], error: BaseException | None, *, mid_stream: bool = False) -> None:
         _, ticket = self._ticket(kwargs)
@@ -374,6 +522,8 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
     def _perform(self, op: Any) -> Any:
         if isinstance(op, _Begin):
             return self.gate.begin(op.request)
+        if isinstance(op, _Report):
+            return self.gate.report_wrong(op.request)
         if isinstance(op, _Answered):
             return op.ticket.answered(op.completion)
         if isinstance(op, _Complete):
@@ -385,6 +535,8 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
     async def _aperform(self, op: Any) -> Any:
         if isinstance(op, _Begin):
             return await self.gate.abegin(op.request)
+        if isinstance(op, _Report):
+            return await self.gate.areport_wrong(op.request)
         if isinstance(op, _Answered):
             return await op.ticket.aanswered(op.completion)
         if isinstance(op, _Complete):
@@ -478,10 +630,17 @@ def reaches_caller(exc: BaseException) -> bool:
     return isinstance(exc, (BudgetExceeded, UpstreamError)) or getattr(exc, "status_code", None) is not None
 
 
-def _annotate(response: Any, ticket: Ticket) -> None:
+def _annotate(response: Any, ticket: Ticket, reported: str | None = None) -> None:
     hidden = getattr(response, "_hidden_params", None)
     if isinstance(hidden, dict):
         hidden[THRIFTY] = decision_info(ticket)
+        if reported is not None:
+            hidden[THRIFTY]["reported"] = reported
+
+
+def _flagged(value: Any) -> bool:
+    """Whether a metadata flag is set: ``true`` (JSON or YAML), or the string ``"true"``."""
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
 def _call_type(call_type: Any) -> str:

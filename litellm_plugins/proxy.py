@@ -20,6 +20,19 @@ LiteLLM's cache path (a cache hit at zero cost in the proxy's spend logs); a bud
 HTTP 422 with thrifty's message. Responses carry ``x-thrifty-decision`` (and ``x-thrifty-tier``,
 ``x-thrifty-saved-usd``) headers.
 
+A wrong answer is reported with the chat call itself: ``"metadata": {"thrifty_report_wrong": true}``
+in the request body. The answer that request was served is reported (the gate's ``report_wrong``),
+then the request is answered afresh; ``x-thrifty-reported`` says what the report did (``blocked``,
+``evicted`` or ``nothing``). The report is on the request as thrifty sees it, with the tenant from
+the proxy's auth, so a caller can only ever undo its own tenant's pairings. No admin route: the
+proxy has no hook for a callback to add one (its routes are FastAPI routers included by
+``litellm/proxy/proxy_server.py``; a callback would have to patch the app and re-implement auth),
+while the flag reuses the chat route's auth, tenant and rate limits as they are.
+
+Shadow audits run here as in the SDK (:mod:`litellm_plugins.callback`): the audit call goes through
+the proxy's Router by model name, and the model the auditor asks for (the one that wrote the stored
+answer, or ``cache.audit_model``) must be a ``model_name`` of the proxy's ``model_list``.
+
 The proxy calls a hook only when the registered object's own class defines it
 (``litellm/proxy/utils.py``), so :class:`ThriftyProxyHandler` defines each one itself.
 """
@@ -65,6 +78,8 @@ class ThriftyProxyHandler(ThriftyCallback):
         if call_id is not None:
             with self._lock:
                 self._decided[call_id] = decision_info(decision)
+                if state.reported is not None:
+                    self._decided[call_id]["reported"] = state.reported
                 while len(self._decided) > _DECIDED_KEPT:
                     self._decided.popitem(last=False)
         self.apply(state, data)
@@ -95,6 +110,9 @@ class ThriftyProxyHandler(ThriftyCallback):
             headers["x-thrifty-tier"] = str(info["tier"])
         if info.get("saved_cost") is not None:
             headers["x-thrifty-saved-usd"] = f"{float(info['saved_cost']):.8f}"
+        reported = info.get("reported") or (decided or {}).get("reported")
+        if reported:
+            headers["x-thrifty-reported"] = str(reported)
         return headers
 
 

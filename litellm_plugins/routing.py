@@ -115,7 +115,7 @@ class CostAwareRouting(CustomRoutingStrategyBase):  # type: ignore[misc]
         kwargs = request_kwargs if request_kwargs is not None else {}
         state = self.callback.state(_identified(kwargs)) or self.callback.decide(
             {**kwargs, "messages": messages}, model=self.group, recall=self.router.acompletion,
-            recall_model=self.group)
+            recall_model=self.group, sync_recall=self.router.completion)
         self.callback.apply(state, kwargs)
         cooling = set(get_cooldown_deployments(self.router, None))
         candidates = [d for d in self.router.get_model_list(self.group) or [] if _id(d) not in cooling]
@@ -123,15 +123,30 @@ class CostAwareRouting(CustomRoutingStrategyBase):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ the choice
     def tier_of(self, state: CallState, kwargs: Mapping[str, Any]) -> str:
-        """The tier this call goes to: the ticket's; the pinned one for thrifty's own re-call; the
-        cheapest when no call will be made (a reused answer) or thrifty let the call through."""
+        """The tier this call goes to: the ticket's; the pinned one for thrifty's own re-call or
+        audit (a tier's name, or a model one of its deployments calls); the cheapest when no call
+        will be made (a reused answer) or thrifty let the call through."""
         pinned = metadata_of(kwargs).get(TIER_PIN)
         if state.parent is not None and pinned is not None:
-            return str(pinned)
+            return self.tier_named(str(pinned))
         decision = state.decision
         if isinstance(decision, Ticket) and decision.route.tier is not None:
             return decision.route.tier.name
         return self.tiers[0][0]
+
+    def tier_named(self, name: str) -> str:
+        """The tier ``name`` stands for: a tier's own name, else the tier of a deployment whose
+        model is ``name`` (with or without its provider prefix, as a response names it), else
+        the cheapest."""
+        names = [tier for tier, _ in self.tiers]
+        if name in names:
+            return name
+        for tier, deployments in self.tiers:
+            for deployment in deployments:
+                model = str(deployment["litellm_params"]["model"])
+                if name in (model, model.split("/", 1)[-1]):
+                    return tier
+        return names[0]
 
     def _pick(self, state: CallState, kwargs: Mapping[str, Any], candidates: Sequence[Any]) -> dict[str, Any]:
         wanted = self.tier_of(state, kwargs)

@@ -26,10 +26,15 @@ _INTERNAL = frozenset({
 
 # The key under which thrifty's decision travels in a call's metadata and response.
 THRIFTY = "thrifty"
-# Metadata marking a re-call on a higher tier made by thrifty (a mark only the callback that made
-# the re-call recognises, so a caller cannot forge one), and the tier it goes to.
+# Metadata marking thrifty's own calls - a re-call on a higher tier, or a shadow audit - (a mark
+# only the callback that made the call recognises, so a caller cannot forge one), and the tier it
+# goes to (a tier's name, or for an audit the model whose tier it is).
 PARENT = "thrifty_escalation_of"
 TIER_PIN = "thrifty_tier"
+# Metadata flag of a call that reports the answer its request was served as wrong (then is answered
+# afresh): ``metadata={"thrifty_report_wrong": True}``. Through the proxy, the report is the
+# caller's own tenant's, as every decision there.
+REPORT_WRONG = "thrifty_report_wrong"
 
 
 def metadata_of(kwargs: Mapping[str, Any]) -> dict[str, Any]:

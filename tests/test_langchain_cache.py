@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 from conftest import make_gate
 from langchain_core.globals import set_llm_cache
+from langchain_core.load import dumps
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 from langchain_fakes import EchoChatModel, track
+from test_audit import STORED, WRONGLY_PAIRED, AcceptsEveryNeighbour
 from thrifty.embedder import SentenceTransformerEmbedder
 from thrifty.gate import Thrifty
 
@@ -195,3 +197,24 @@ def test_the_same_decisions_as_the_core_on_labelled_pairs(embedder: SentenceTran
         model.invoke([HumanMessage(pair.a)])
         hit = bool(thrifty_of(model.invoke([HumanMessage(pair.b)])))
         assert hit == decided["hit"], (pair.a, pair.b)
+
+
+def test_a_report_on_the_cache_ends_a_wrong_pairing(embedder: SentenceTransformerEmbedder) -> None:
+    gate = make_gate(embedder, verifier=AcceptsEveryNeighbour())  # plants the wrong pairing
+    cache = ThriftyCache(gate=gate)
+    set_llm_cache(cache)
+    try:
+        model = EchoChatModel()
+        stored = model.invoke(ask(STORED)).content
+        assert [model.invoke(ask(WRONGLY_PAIRED)).content for _ in range(2)] == [stored] * 2
+        # LangChain's cache key of the call (BaseChatModel._generate_with_cache,
+        # langchain_core/language_models/chat_models.py): dumps(messages), _get_llm_string(stop, **kwargs)
+        key = (dumps(ask(WRONGLY_PAIRED)), model._get_llm_string())
+        reported = cache.report_wrong(*key)
+        assert (reported.action, reported.tier, reported.detail) == ("blocked", "semantic", STORED)
+        assert model.invoke(ask(WRONGLY_PAIRED)).content == f"[echo-mini] Answer to: {WRONGLY_PAIRED}"
+        assert len(model.calls) == 2
+        assert asyncio.run(cache.areport_wrong(*key)).action == "evicted"  # its own answer now: evicted
+        assert cache.report_wrong("not a prompt", "nor an llm_string").action == "nothing"
+    finally:
+        set_llm_cache(None)

@@ -14,10 +14,12 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_fakes import Calls, EchoChatModel, refund, track
 from pydantic import BaseModel
+from test_audit import STORED, STORED_ANSWER, WRONGLY_PAIRED, AcceptsEveryNeighbour
 from thrifty.budget import BudgetExceeded
 from thrifty.embedder import SentenceTransformerEmbedder
 
 from langchain_ext import CostRouter
+from langchain_ext.translate import completion_of, router_request
 
 SYSTEM = "You are the support agent of Acme. Answer briefly."
 EASY = "What are your opening hours on Saturday?"
@@ -207,3 +209,57 @@ def test_a_streams_metadata_reaches_thrifty(embedder: SentenceTransformerEmbedde
     replay = list(r.stream(ask(EASY), config={"metadata": {"tenant": "globex"}}))
     assert len(calls) == 2 and "".join(str(c.content) for c in replay).startswith("[gpt-4o-mini]")
     assert {e.tenant for e in r.gate.ledger.events() if e.kind == "call"} == {"acme", "globex"}
+
+
+def planted_router(embedder: SentenceTransformerEmbedder, calls: Calls, **cache: Any) -> CostRouter:
+    """A router whose cache holds STORED's answer, written by the premium tier, and pairs
+    WRONGLY_PAIRED with it (the verifier accepts every neighbour, as in test_audit.py)."""
+    r = router(embedder, calls, verifier=AcceptsEveryNeighbour(), cache=cache)
+    request = router_request(r.route, ask(STORED), None, {}, {}, {})
+    assert r.gate.store(request, completion_of(AIMessage(STORED_ANSWER), model="premium/gpt-4o")).stored
+    return r
+
+
+def test_a_report_on_the_router_ends_a_wrong_pairing(embedder: SentenceTransformerEmbedder) -> None:
+    calls = Calls()
+    r = planted_router(embedder, calls)
+    assert [r.invoke(ask(WRONGLY_PAIRED)).content for _ in range(2)] == [STORED_ANSWER] * 2 and len(calls) == 0
+    assert r.report_wrong(ask(WRONGLY_PAIRED)).action == "blocked"
+
+    async def scenario() -> tuple[Any, str]:
+        answer = await r.ainvoke(ask(WRONGLY_PAIRED))
+        return answer, (await r.areport_wrong(ask(WRONGLY_PAIRED))).action
+
+    answer, action = asyncio.run(scenario())
+    assert answer.content == f"[gpt-4o-mini] Answer to: {WRONGLY_PAIRED}" and info(answer)["decision"] == "call"
+    assert action == "evicted" and len(calls) == 1
+
+
+def test_the_routers_async_path_audits_a_semantic_hit(embedder: SentenceTransformerEmbedder) -> None:
+    calls = Calls()
+    r = planted_router(embedder, calls, audit_rate=1.0, audit_first=1)
+
+    async def scenario() -> list[Any]:
+        first = await r.ainvoke(ask(WRONGLY_PAIRED))  # answered from the cache; audited after
+        await r.gate.asettle_audits()
+        return [first, await r.ainvoke(ask(WRONGLY_PAIRED))]
+
+    first, again = asyncio.run(scenario())
+    assert first.content == STORED_ANSWER and info(first)["source"] == "semantic"
+    # the audit asked the tier that wrote the stored answer, disagreed, and stored its answer
+    assert calls.models == ["gpt-4o"] and r.gate.auditor.stats.disagreements == 1
+    assert again.content == f"[gpt-4o] Answer to: {WRONGLY_PAIRED}" and info(again)["source"] == "exact"
+
+
+def test_a_streamed_semantic_hit_is_audited_too(embedder: SentenceTransformerEmbedder) -> None:
+    calls = Calls()
+    r = planted_router(embedder, calls, audit_rate=1.0, audit_first=1)
+
+    async def scenario() -> str:
+        streamed = "".join([str(chunk.content) async for chunk in r.astream(ask(WRONGLY_PAIRED))])
+        await r.gate.asettle_audits()
+        return streamed
+
+    assert asyncio.run(scenario()) == STORED_ANSWER
+    assert calls.models == ["gpt-4o"] and r.gate.auditor.stats.disagreements == 1
+    assert "".join(str(c.content) for c in r.stream(ask(WRONGLY_PAIRED))) == f"[gpt-4o] Answer to: {WRONGLY_PAIRED}"

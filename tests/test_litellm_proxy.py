@@ -202,6 +202,24 @@ def test_teams_never_join_each_others_calls(team_proxy: ProxyProcess, standin: S
     assert standin.calls() == 2 and decisions.count("call") == 2  # one per team; north's second joins north's
 
 
+def test_a_report_flag_undoes_only_the_callers_own_tenants_answer(team_proxy: ProxyProcess,
+                                                                   standin: Standin) -> None:
+    question = "What is the warranty on the Acme kettle?"
+    north, south = client(team_proxy, NORTH), client(team_proxy, SOUTH)
+    assert ask(north, question, max_tokens=50)[1]["x-thrifty-decision"] == "call"
+    assert ask(north, question, max_tokens=50)[1]["x-thrifty-decision"] == "cache_hit"
+    # south flags the same question, claiming to be north: the report is south's own, and undoes nothing
+    spoof = {"metadata": {"thrifty_report_wrong": True, "tenant": "team:north"}}
+    _, headers = ask(south, question, max_tokens=50, extra_body=spoof)
+    assert (headers["x-thrifty-reported"], headers["x-thrifty-decision"]) == ("nothing", "call")
+    assert ask(north, question, max_tokens=50)[1]["x-thrifty-decision"] == "cache_hit"  # north's answer stands
+    # north's own report evicts the answer it was served, and its call is answered afresh (and stored)
+    _, headers = ask(north, question, max_tokens=50, extra_body={"metadata": {"thrifty_report_wrong": True}})
+    assert (headers["x-thrifty-reported"], headers["x-thrifty-decision"]) == ("evicted", "call")
+    assert ask(north, question, max_tokens=50)[1]["x-thrifty-decision"] == "cache_hit"
+    assert standin.calls() == 3
+
+
 def test_each_team_has_its_own_budget(team_proxy: ProxyProcess, standin: Standin) -> None:
     # about 1000 prompt tokens on gpt-4o: ~$0.0025 each, and the stand-in echoes them back (~$0.01)
     long_question = "Please review this contract clause: " + "the supplier shall deliver the goods. " * 105
