@@ -46,7 +46,7 @@ def summary(quick: bool = True, argv: Sequence[str] | None = None) -> list[Summa
     argv = list(argv if argv is not None else QUICK if quick else ())
     args = _parser().parse_args(argv)
     rows = {row["name"]: row for row in measure(args)["configurations"]}
-    thrifty = [row for name, row in rows.items() if name.startswith("thrifty")]
+    thrifty = [row for name, row in rows.items() if name.startswith("thrifty") and not row["planted"]]
     cmd = command("demo", argv)
     size = f"{args.requests} requests, seed {args.seed}"
     return [

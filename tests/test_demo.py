@@ -71,7 +71,7 @@ def test_the_world_answers_per_identity_and_a_cheap_model_fails_hard_tasks() -> 
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    result = subprocess.run([sys.executable, "-m", "thrifty.cli", "demo", "--json", "--requests", "150",
+    result = subprocess.run([sys.executable, "-m", "thrifty.cli", "demo", "--json", "--requests", "250",
                              "--agents", "6", "--latency-scale", "0.02", "--out", str(out)],
                             capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -100,9 +100,21 @@ def test_thrifty_serves_no_wrong_answer_and_leaves_no_hard_task_on_a_failing_tie
         demo_run: tuple[dict[str, Any], Path]) -> None:
     numbers, _ = demo_run
     for row in numbers["configurations"]:
-        if row["name"].startswith("thrifty"):
+        if row["name"].startswith("thrifty") and not row["planted"]:
             assert row["wrong_answers"] == 0, row
             assert row["hard_on_failing_tier"] == 0, row
+
+
+def test_an_audit_ends_the_planted_mistake_that_repeats_without_it(demo_run: tuple[dict[str, Any], Path]) -> None:
+    numbers, _ = demo_run
+    rows = {row["name"]: row for row in numbers["configurations"]}
+    planted = rows["thrifty: planted mistake"]
+    audited = rows["thrifty: planted mistake + audits 0.02"]
+    assert planted["planted"] and audited["planted"]
+    assert planted["wrong_answers"] >= 2  # served on every repeat: amplified
+    assert audited["wrong_answers"] == 1  # its first hit is audited, caught, and never served again
+    assert audited["audits"] > 0 and audited["audit_disagreements"] >= 1 and audited["audit_cost_usd"] > 0
+    assert planted["audits"] == 0
 
 
 def test_demo_writes_the_ledger_and_the_report(demo_run: tuple[dict[str, Any], Path]) -> None:

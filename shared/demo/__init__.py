@@ -24,13 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import ThriftySettings
-from .runner import Configuration, Result, run
+from .runner import Configuration, PlantedMistake, Result, run
 from .workload import Workload, generate
 from .world import DemoWorld
 
 DEFAULT_OUT = Path("~/.cache/thrifty/demo")
 COSINE_THRESHOLD = 0.92
 REQUEST_LIMIT_USD = 0.02
+AUDIT_RATE = 0.02
+ALL_PARTS = "thrifty: + budgets (all parts)"
+REDIS_ALL_PARTS = "thrifty on Redis (all parts)"
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,8 @@ def configurations(folder: Path, *, redis_url: str | None = None) -> list[Config
     added in turn (and on Redis when ``redis_url`` is given). Each thrifty configuration has its
     own cache and ledger under ``folder``."""
 
-    def thrifty(name: str, *, dedup: bool = True, budgets: bool = False, redis: bool = False) -> ThriftySettings:
+    def thrifty(name: str, *, dedup: bool = True, budgets: bool = False, redis: bool = False,
+                audits: bool = False) -> ThriftySettings:
         place = folder / name
         fields: dict[str, Any] = {
             "cache": {"path": place / "cache.sqlite3"},
@@ -68,6 +72,8 @@ def configurations(folder: Path, *, redis_url: str | None = None) -> list[Config
         }
         if budgets:
             fields["budget"] = {"limits": [{"scope": "request", "usd": REQUEST_LIMIT_USD}]}
+        if audits:
+            fields["cache"].update(audit_rate=AUDIT_RATE, audit_first=1, audit_seed=7)
         if redis:
             fields["redis"] = {"url": redis_url, "key_prefix": _redis_prefix()}
             fields["cache"]["backend"] = "redis"
@@ -84,12 +90,16 @@ def configurations(folder: Path, *, redis_url: str | None = None) -> list[Config
         Configuration("thrifty: cache", thrifty=thrifty("cache", dedup=False)),
         Configuration("thrifty: + single-flight", thrifty=thrifty("single-flight")),
         Configuration("thrifty: + routing", model="auto", thrifty=thrifty("routing")),
-        Configuration("thrifty: + budgets (all parts)", model="auto", thrifty=thrifty("all", budgets=True)),
+        Configuration(ALL_PARTS, model="auto", thrifty=thrifty("all", budgets=True)),
+        Configuration("thrifty: planted mistake", model="auto", thrifty=thrifty("planted", budgets=True),
+                      planted=True),
+        Configuration(f"thrifty: planted mistake + audits {AUDIT_RATE}", model="auto",
+                      thrifty=thrifty("audited", budgets=True, audits=True), planted=True),
     ]
     if redis_url:
         out.insert(3, Configuration(f"RedisVL SemanticCache {COSINE_THRESHOLD}",
                                     redisvl=(redis_url, COSINE_THRESHOLD)))
-        out.append(Configuration("thrifty on Redis (all parts)", model="auto",
+        out.append(Configuration(REDIS_ALL_PARTS, model="auto",
                                  thrifty=thrifty("redis", budgets=True, redis=True)))
     return out
 
@@ -102,6 +112,7 @@ async def _run_all(workload: Workload, configs: Sequence[Configuration], agents:
     embedder = SentenceTransformerEmbedder()
     verifier = default_verifier(ThriftySettings(ledger={"path": None}))
     world = DemoWorld(workload.calls(), latency_scale=latency_scale)
+    planted = plant_mistake(workload, verifier)
     # load both models now, so that no configuration's latencies carry the loading
     await asyncio.to_thread(embedder.embed, ["warming up"])
     await asyncio.to_thread(verifier.verify, "How do I reset my password?", "How can I reset my password?", 0.95)
@@ -111,7 +122,7 @@ async def _run_all(workload: Workload, configs: Sequence[Configuration], agents:
         bar = _bar(config.name, total, show_progress)
         try:
             result = await run(config, workload, world, agents=agents, embedder=embedder, verifier=verifier,
-                               progress=bar.update if bar is not None else None)
+                               planted=planted, progress=bar.update if bar is not None else None)
         finally:
             if bar is not None:
                 bar.close()
@@ -120,6 +131,28 @@ async def _run_all(workload: Workload, configs: Sequence[Configuration], agents:
     for result in results:
         result.saving_pct = 100 * (1 - result.cost_usd / baseline) if baseline else 0.0
     return results
+
+
+def plant_mistake(workload: Workload, verifier: Any) -> PlantedMistake | None:
+    """The verifier's planted mistake: the research agent's commonest question with a slot (say,
+    standard shipping to Denver) is answered from the stored answer of the commonest other
+    question of its intent (express shipping to Denver). None if the workload has no such pair."""
+    from collections import Counter
+
+    research = [c for c in workload.calls() if c.agent == "research" and "|" in c.identity]
+    counts = Counter(c.identity for c in research)
+    first: dict[str, int] = {}
+    for n, call in enumerate(research):
+        first.setdefault(call.identity, n)
+    for asked, _ in counts.most_common():
+        intent = asked.split("|")[0]
+        # the stored question must come first, or the asked one gets an entry of its own
+        stored = next((i for i, _ in counts.most_common()
+                       if i != asked and i.split("|")[0] == intent and first[i] < first[asked]), None)
+        if stored is not None:
+            identity_of = {str(c.messages[-1]["content"]): c.identity for c in research}
+            return PlantedMistake(verifier, identity_of, stored, asked)
+    return None
 
 
 def _bar(name: str, total: int, show: bool) -> Any:
@@ -188,8 +221,9 @@ def _clean_redis(url: str, prefix: str) -> None:
 
 
 def _keep(results: Sequence[Result], configs: Sequence[Configuration], out: Path) -> tuple[Path | None, Path | None]:
-    """Copy the last thrifty configuration's ledger to ``out`` and write the report beside it."""
-    last = next((r for r in reversed(results) if r.ledger_path), None)
+    """Copy the ledger of thrifty with all parts on (on Redis, when it ran) to ``out`` and write the
+    report beside it."""
+    last = next((r for r in reversed(results) if r.ledger_path and r.name in (ALL_PARTS, REDIS_ALL_PARTS)), None)
     if last is None or last.ledger_path is None or not Path(last.ledger_path).is_file():
         return None, None
     out.mkdir(parents=True, exist_ok=True)
@@ -212,19 +246,26 @@ def print_table(run_: DemoRun, file: Any = None) -> None:
     print(f"\n{len(calls)} requests from {len(run_.workload.tickets)} tickets, 6 agents, "
           f"{sum(c.difficulty == 'hard' for c in calls)} hard tasks (seed {run_.workload.seed}); "
           "stand-in provider at LiteLLM's list prices\n", file=out)
-    head = (f"{'configuration':<32}{'calls':>6}{'cost $':>9}{'saved':>7}{'p50 ms':>8}{'p95 ms':>8}"
+    width = max(len(r.name) for r in run_.results) + 2 if run_.results else 32
+    head = (f"{'configuration':<{width}}{'calls':>6}{'cost $':>9}{'saved':>7}{'p50 ms':>8}{'p95 ms':>8}"
             f"{'exact':>6}{'sem.':>5}{'join':>5}{'mini':>6}{'esc.':>5}{'budg.':>6}{'WRONG':>6}{'failed':>7}")
     print(head, file=out)
     print("-" * len(head), file=out)
     for r in run_.results:
         mini = r.tier_share.get("gpt-4o-mini", 0.0)
-        print(f"{r.name:<32}{r.upstream_calls:>6}{r.cost_usd:>9.4f}{r.saving_pct:>6.1f}%{r.p50_ms:>8.0f}"
+        print(f"{r.name:<{width}}{r.upstream_calls:>6}{r.cost_usd:>9.4f}{r.saving_pct:>6.1f}%{r.p50_ms:>8.0f}"
               f"{r.p95_ms:>8.0f}{r.hits_exact:>6}{r.hits_semantic:>5}{r.joined:>5}{100 * mini:>5.0f}%"
               f"{r.escalations:>5}{r.budget_refusals:>6}{r.wrong_answers:>6}{r.hard_on_failing_tier:>7}", file=out)
     print("\ncalls: upstream calls; saved: cost saved against the first row; exact/sem./join: answers reused "
           "from the exact tier, the vector tier, a joined call in flight; mini: share of calls on gpt-4o-mini; "
           "esc.: escalations to a higher tier; budg.: budget refusals; WRONG: answers to another question "
           "served; failed: hard tasks answered by a tier that failed them.", file=out)
+    for r in run_.results:
+        if r.audits:
+            share = 100 * r.audit_cost_usd / r.reuse_saved_usd if r.reuse_saved_usd else 0.0
+            print(f"{r.name}: audits: {r.audits} calls, ${r.audit_cost_usd:.4f} ({share:.1f}% of the "
+                  f"${r.reuse_saved_usd:.4f} that cache hits and joined calls saved), "
+                  f"{r.audit_disagreements} disagreeing (pairing blocked, fresh answer stored)", file=out)
     errors = sum(r.errors for r in run_.results)
     if errors:
         print(f"errors: {errors} calls raised (see the per-configuration 'errors' in --json)", file=out)

@@ -50,6 +50,7 @@ class Configuration:
     thrifty: ThriftySettings | None = None
     cosine: float | None = None
     redisvl: tuple[str, float] | None = None
+    planted: bool = False  # the verifier wrongly accepts one pairing (see PlantedMistake)
 
 
 @dataclass
@@ -85,6 +86,11 @@ class Result:
     tier_share: dict[str, float]
     wall_s: float
     saving_pct: float = 0.0
+    audits: int = 0
+    audit_cost_usd: float = 0.0
+    audit_disagreements: int = 0
+    reuse_saved_usd: float = 0.0  # what cache hits and joined calls saved, by thrifty's ledger
+    planted: bool = False  # run with the verifier's planted mistake
     ledger_path: str | None = None
     records: list[CallRecord] = field(default_factory=list, repr=False)
 
@@ -110,6 +116,22 @@ def router_for(url: str) -> Any:
                               deployment("auto", PREMIUM, "premium")], num_retries=0)
 
 
+class PlantedMistake:
+    """A verifier that makes one mistake on purpose: it also accepts a stored request of identity
+    ``stored`` for a new request of identity ``asked`` (every verifier makes some mistakes; this
+    one is known, so the demo can show what happens to it). Everything else goes to ``verifier``."""
+
+    def __init__(self, verifier: Verifier, identity_of: dict[str, str], stored: str, asked: str) -> None:
+        self.verifier, self.identity_of, self.stored, self.asked = verifier, identity_of, stored, asked
+
+    def verify(self, query: str, candidate: str, similarity: float) -> Any:
+        from ..verifier import Verdict
+
+        if self.identity_of.get(candidate) == self.stored and self.identity_of.get(query) == self.asked:
+            return Verdict(True, "planted", "a known mistake")
+        return self.verifier.verify(query, candidate, similarity)
+
+
 class CosineThreshold:
     """A plain semantic cache's test: reuse any neighbour at or above ``threshold``, nothing else
     checked (the common recipes' cache; a baseline, never thrifty's default)."""
@@ -125,7 +147,7 @@ class CosineThreshold:
 
 
 async def run(config: Configuration, workload: Workload, world: DemoWorld, *, agents: int,
-              embedder: Embedder, verifier: Verifier,
+              embedder: Embedder, verifier: Verifier, planted: PlantedMistake | None = None,
               progress: Callable[[int], None] | None = None) -> Result:
     """Run ``workload`` in ``config`` against a stand-in serving ``world``; ``progress(n)`` is
     called as calls finish."""
@@ -146,6 +168,7 @@ async def run(config: Configuration, workload: Workload, world: DemoWorld, *, ag
     router = router_for(url)
     ledger_path: Path | None = None
     recipe: Any = None
+    gate: Any = None
     try:
         if config.redisvl is not None:
             from .redisvl_recipe import RedisVLRecipeCache
@@ -159,8 +182,12 @@ async def run(config: Configuration, workload: Workload, world: DemoWorld, *, ag
             litellm.cache = Cache(type=LiteLLMCacheType.LOCAL)
         if config.thrifty is not None:
             ledger_path = Path(config.thrifty.ledger.path) if config.thrifty.ledger.path else None
-            gate = Thrifty(config.thrifty, embedder=embedder, ledger=Ledger(ledger_path),
-                           verifier=CosineThreshold(config.cosine) if config.cosine is not None else verifier)
+            chosen: Verifier = verifier
+            if config.cosine is not None:
+                chosen = CosineThreshold(config.cosine)
+            elif config.planted and planted is not None:
+                chosen = planted
+            gate = Thrifty(config.thrifty, embedder=embedder, ledger=Ledger(ledger_path), verifier=chosen)
             litellm_plugins.install(gate=gate)
             if config.model == "auto":
                 CostAwareRouting.install(router)
@@ -204,7 +231,16 @@ async def run(config: Configuration, workload: Workload, world: DemoWorld, *, ag
         started = time.perf_counter()
         await asyncio.gather(*(ticket(item, slots) for item in workload.tickets))
         wall = time.perf_counter() - started
-        return _result(config.name, records, standin.stats(), wall, ledger_path)
+        if gate is not None:
+            await gate.asettle_audits()  # an audit's call is the provider's too: count it
+        result = _result(config.name, records, standin.stats(), wall, ledger_path)
+        result.planted = config.planted
+        if gate is not None:
+            totals = gate.ledger.totals()
+            result.audits, result.audit_cost_usd = totals.audits, totals.audit_cost
+            result.audit_disagreements = totals.audit_disagreements
+            result.reuse_saved_usd = totals.saved
+        return result
     finally:
         litellm_plugins.uninstall()
         litellm.cache = None
