@@ -34,7 +34,7 @@ HARD = ("Prove that the square root of 2 is irrational, step by step, derive eac
 
 def start(config: Path, standin: Standin, folder: Path, **kwargs: Any) -> ProxyProcess:
     env = {"OPENAI_API_BASE": standin.url, "OPENAI_API_KEY": "sk-standin",
-           "THRIFTY_CACHE__PATH": str(folder / "cache.sqlite3")}
+           "THRIFTY_CACHE__PATH": str(folder / "cache.sqlite3"), "THRIFTY_LEDGER__PATH": str(folder / "ledger.jsonl")}
     return ProxyProcess(config, env=env, log=folder / "proxy.log", **kwargs)
 
 
@@ -218,6 +218,40 @@ def test_a_report_flag_undoes_only_the_callers_own_tenants_answer(team_proxy: Pr
     assert (headers["x-thrifty-reported"], headers["x-thrifty-decision"]) == ("evicted", "call")
     assert ask(north, question, max_tokens=50)[1]["x-thrifty-decision"] == "cache_hit"
     assert standin.calls() == 3
+
+
+@pytest.fixture(scope="module")
+def audit_proxy(standin_server: Standin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    """The example config with every semantic hit audited (``cache.audit_rate: 1``)."""
+    folder = tmp_path_factory.mktemp("audit-proxy")
+    config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    config["thrifty"]["cache"].update(audit_rate=1.0, audit_first=1)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = start(path, standin_server, folder)
+    yield process
+    process.stop()
+
+
+def test_a_semantic_hit_through_the_proxy_is_audited_after_the_caller_has_it(audit_proxy: ProxyProcess,
+                                                                             standin: Standin) -> None:
+    import json
+
+    first, headers = ask(client(audit_proxy), "How do I return a tent I bought online?")
+    assert headers["x-thrifty-decision"] == "call" and standin.calls() == 1
+    again, headers = ask(client(audit_proxy), "how can I return a tent I bought online")
+    assert again == first and headers["x-thrifty-decision"] == "cache_hit"
+    # the audit: the same question asked again of the model, in the background, after the answer
+    wait_for(lambda: standin.calls() == 2, what="the audit's call to reach the provider")
+    ledger = audit_proxy.log.parent / "ledger.jsonl"
+
+    def audits() -> list[dict[str, Any]]:
+        lines = ledger.read_text().splitlines() if ledger.is_file() else []
+        return [e for e in map(json.loads, lines) if e["kind"] == "audit"]
+
+    wait_for(lambda: len(audits()) == 1, what="the audit in the proxy's ledger")
+    assert audits()[0]["outcome"] in ("agree", "disagree") and audits()[0]["cost"] > 0
+    assert not [e for e in map(json.loads, ledger.read_text().splitlines()) if e["kind"] == "call"][1:]
 
 
 def test_each_team_has_its_own_budget(team_proxy: ProxyProcess, standin: Standin) -> None:
