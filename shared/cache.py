@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import threading
 import time
@@ -154,6 +155,7 @@ class _GetExact:
 @dataclass(frozen=True)
 class _Embed:
     text: str
+    optional: bool = False  # a failing embedder gives None (the entry is stored for exact matches only)
 
 
 @dataclass(frozen=True)
@@ -383,7 +385,7 @@ class SemanticCache:
             return Stored(False, "invalid_request")
         if canon.no_store:
             return Stored(False, "no_store")
-        unusable = why_not_storable(completion)
+        unusable = why_not_storable(completion) or _too_large(canon, completion, self.settings)
         if unusable:
             return Stored(False, unusable)
         personal = self._personal_block(canon)
@@ -396,7 +398,7 @@ class SemanticCache:
             return Stored(False, "store_unavailable")
         vector = None
         if self.settings.cache.semantic and canon.semantic_text is not None:
-            vector = yield _Embed(canon.semantic_text)
+            vector = yield _Embed(canon.semantic_text, optional=True)
         now = self.clock()
         ttl = self._ttl(canon)
         entry = CacheEntry(
@@ -462,13 +464,24 @@ class SemanticCache:
         self._log_once(f"store:{type(exc).__name__}", "thrifty: cache store failed (%r); answer not cached", exc)
         return Stored(False, "error")
 
+    def _embed_failed(self, op: _Embed, exc: Exception) -> None:
+        """An embedding the plan can do without (``optional``) failed: None, logged once; else raise."""
+        if not op.optional:
+            raise exc
+        self._log_once(f"embed:{type(exc).__name__}", "thrifty: the embedder failed (%r); storing for exact "
+                       "matches only", exc)
+        return None
+
     # ------------------------------------------------------------------ performing a plan's operations
     def _perform(self, op: Any) -> Any:
         now = self.clock()
         if isinstance(op, _GetExact):
             return self.storage.get_exact(op.scope, op.key, now)
         if isinstance(op, _Embed):
-            return self.embedder.embed([op.text])[0]
+            try:
+                return self.embedder.embed([op.text])[0]
+            except Exception as exc:  # noqa: BLE001 - fail open
+                return self._embed_failed(op, exc)
         if isinstance(op, _Search):
             return self.storage.search(op.scope, op.vector, op.k, now)
         if isinstance(op, _Verify):
@@ -487,7 +500,10 @@ class SemanticCache:
         if isinstance(op, _GetExact):
             return await self.storage.aget_exact(op.scope, op.key, now)
         if isinstance(op, _Embed):
-            return (await self.embedder.aembed([op.text]))[0]
+            try:
+                return (await self.embedder.aembed([op.text]))[0]
+            except Exception as exc:  # noqa: BLE001 - fail open
+                return self._embed_failed(op, exc)
         if isinstance(op, _Search):
             return await self.storage.asearch(op.scope, op.vector, op.k, now)
         if isinstance(op, _Verify):  # a model's run would stall the event loop: a thread of its own
@@ -513,6 +529,18 @@ def _hit(entry: CacheEntry, tier: Literal["exact", "semantic"], similarity: floa
 
 def _miss(reason: str, refused: tuple[Refusal, ...] = (), *, vector: Vector | None = None) -> Lookup:
     return Lookup(False, reason, refused=refused, vector=vector)
+
+
+def _too_large(canon: CanonicalRequest, completion: Completion, settings: ThriftySettings) -> str | None:
+    """"request_too_large" / "answer_too_large" when the entry would exceed the cache's size limits."""
+    cs = settings.cache
+    if cs.max_request_chars is not None and len(canon.text) > cs.max_request_chars:
+        return "request_too_large"
+    if cs.max_answer_bytes is not None:
+        size = len(json.dumps(completion.answer, ensure_ascii=False, separators=(",", ":"), default=str).encode())
+        if size > cs.max_answer_bytes:
+            return "answer_too_large"
+    return None
 
 
 def why_not_storable(completion: Completion) -> str | None:

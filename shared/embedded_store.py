@@ -351,6 +351,8 @@ class EmbeddedStore:
             self._db.execute(sql, params)
         except sqlite3.Error as exc:
             self._write_error(exc)
+        except UnicodeEncodeError:  # a lone surrogate in the entry: SQLite stores UTF-8; kept in memory only
+            log.debug("thrifty: a cache entry with text that is not UTF-8 is kept in memory only")
 
     def _execute_many(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
         if self._db is None or not rows:

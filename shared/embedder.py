@@ -305,6 +305,10 @@ class SentenceTransformerEmbedder:
     # ------------------------------------------------------------------ encoding
     def _compute(self, texts: list[str], *, truncate: bool = False) -> list[Vector | None]:
         self._ensure_loaded()
+        readable = [t for t in texts if _utf8(t)]
+        if not truncate and len(readable) < len(texts):  # a lone surrogate: no vector, and no failed batch
+            by_text = dict(zip(readable, self._compute(readable) if readable else []))
+            return [by_text.get(t) for t in texts]
         encoded = self._model.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
         if truncate:  # keep the first window, closing it with the final special token
             encoded = [ids if len(ids) <= self._window else [*ids[: self._window - 1], ids[-1]] for ids in encoded]
@@ -322,3 +326,12 @@ class SentenceTransformerEmbedder:
                 for (text, _), row in zip(batch, rows):
                     vectors[text] = np.ascontiguousarray(row, dtype=np.float32)
         return [vectors.get(t) for t in texts]
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` is text a tokenizer reads (a lone surrogate, which JSON allows, is not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -144,6 +144,16 @@ class _Prepare:
     vector: Vector | None
 
 
+def _follow_for(request: Mapping[str, Any], max_wait: float) -> float:
+    """How long a follower waits for its leader: ``dedup.max_wait``, or the caller's own ``timeout``
+    (seconds) when that is shorter - a caller that gives the provider 2 s does not wait 60 s on
+    another caller's call (nor on a chain of them retrying a transient failure one after another)."""
+    timeout = request.get("timeout")
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+        return min(max_wait, float(timeout))
+    return max_wait
+
+
 class Thrifty:
     """The gate. One per process: the cache, the flights, the router, the budgets and the ledger
     behind every call. Thread-safe; the ``a``-prefixed methods never block the event loop.
@@ -404,7 +414,7 @@ class Thrifty:
                 if vector is not None:
                     key = (yield _MatchInFlight(canon, vector)) or key
             if deadline is None:
-                deadline = self.clock() + self.settings.dedup.max_wait
+                deadline = self.clock() + _follow_for(request, self.settings.dedup.max_wait)
             flight = self.local_flights.claim(key)
             if not flight.leader:
                 status, value = yield _Wait(flight, deadline)

@@ -49,6 +49,7 @@ T = TypeVar("T")
 _FIELDS = ("id", "scope", "exact_key", "text", "answer", "namespace", "tenant", "model", "created_at",
            "expires_at", "cost", "tokens", "hits", "last_used", "v")
 _VERSION = "1"
+_VERBATIM = {"separator": "\x1f", "case_sensitive": True}  # a tag field holding one name, kept as is
 
 
 class RedisStore:
@@ -334,8 +335,10 @@ class RedisStore:
                           "storage_type": "hash"},
                 "fields": [
                     {"name": "scope", "type": "tag"},
-                    {"name": "tenant", "type": "tag"},
-                    {"name": "namespace", "type": "tag"},
+                    # names as given: not split on "," nor folded to lower case, so that a query for
+                    # tenant "acme" can never match "ACME" or "acme,globex" (lookups filter on scope)
+                    {"name": "tenant", "type": "tag", "attrs": _VERBATIM},
+                    {"name": "namespace", "type": "tag", "attrs": _VERBATIM},
                     {"name": f"vector_{dim}", "type": "vector",
                      "attrs": {"dims": dim, "distance_metric": "cosine", "algorithm": "hnsw",
                                "datatype": "float32", "m": 16, "ef_construction": 200}},

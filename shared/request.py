@@ -247,5 +247,19 @@ def _all_texts(messages: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _digest(value: Any) -> str:
-    blob = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=repr)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    try:
+        blob = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=repr)
+    except TypeError:  # keys of mixed types (or of no JSON type) cannot be sorted: keys as strings
+        blob = json.dumps(_str_keys(value), sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=repr)
+    # surrogatepass: a lone surrogate (which JSON allows, escaped) is digested, not an error
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _str_keys(value: Any) -> Any:
+    """``value`` with every mapping's keys as strings (as JSON writes them, or their repr)."""
+    if isinstance(value, Mapping):
+        return {k if isinstance(k, str) else json.dumps(k) if k is None or isinstance(k, (int, float)) else repr(k):
+                _str_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_str_keys(v) for v in value]
+    return value

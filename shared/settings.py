@@ -89,6 +89,12 @@ class CacheSettings(_Section):
     path: Path = Field(DEFAULT_CACHE_PATH, description="file of the embedded store")
     redis_url: str | None = Field(None, description="Redis for the cache only; default: redis.url")
     max_entries: int = Field(100_000, ge=1)
+    max_answer_bytes: int | None = Field(
+        1_000_000, ge=1, description="an answer larger than this (its JSON, in UTF-8 bytes) is not stored: "
+        "one response cannot fill the shared store; None: no limit")
+    max_request_chars: int | None = Field(
+        100_000, ge=1, description="a request whose final turn is longer than this (characters) is not "
+        "stored (its text is kept with the entry); None: no limit")
     ttl_seconds: float | None = Field(7 * 24 * 3600, gt=0, description="None: entries never expire")
     ttl_by_namespace: dict[str, float | None] = Field(
         default_factory=dict, description="TTL per namespace / agent name, overriding ttl_seconds")
@@ -358,6 +364,10 @@ class ThriftySettings(BaseSettings):
             raise SettingsError(_describe(exc)) from None
         except (OSError, ValueError, yaml.YAMLError) as exc:  # unreadable file, bad YAML
             raise SettingsError(f"cannot read thrifty settings from {path}: {exc}") from None
+        except (TypeError, AttributeError, KeyError) as exc:  # YAML that is not a mapping, or has no section
+            if path is None:
+                raise
+            raise SettingsError(f"thrifty settings file {path} needs a mapping under {section!r}: {exc}") from None
         finally:
             if token is not None:
                 _YAML_FILE.reset(token)
