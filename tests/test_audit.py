@@ -287,7 +287,7 @@ def test_an_audit_never_delays_its_caller(embedder: SentenceTransformerEmbedder)
 
 
 def test_a_failing_audit_fails_nobody(embedder: SentenceTransformerEmbedder) -> None:
-    gate = planted_gate(embedder, audit_rate=0.02, audit_first=1)
+    gate = planted_gate(embedder, audit_rate=0.02, audit_first=1, audit_seed=1)
     served = asyncio.run(repeats(gate, Upstream(fail=True), WRONGLY_PAIRED, 2))
     assert served == [STORED_ANSWER] * 2
     assert [e.outcome for e in gate.ledger.events() if e.kind == "audit"] == ["failed"]
@@ -342,7 +342,7 @@ def test_audits_never_exceed_their_budget(embedder: SentenceTransformerEmbedder)
 
 
 def test_the_sync_api_audits_on_a_thread(embedder: SentenceTransformerEmbedder) -> None:
-    gate, upstream = planted_gate(embedder, audit_rate=0.02, audit_first=1), Upstream()
+    gate, upstream = planted_gate(embedder, audit_rate=0.02, audit_first=1, audit_seed=1), Upstream()
     first = gate.call(chat(WRONGLY_PAIRED), upstream.answer)
     assert text(first) == STORED_ANSWER
     gate.settle_audits()
@@ -351,7 +351,7 @@ def test_the_sync_api_audits_on_a_thread(embedder: SentenceTransformerEmbedder) 
 
 
 def test_an_audit_that_cannot_start_fails_nobody(embedder: SentenceTransformerEmbedder) -> None:
-    gate = planted_gate(embedder, audit_rate=0.02, audit_first=1)
+    gate = planted_gate(embedder, audit_rate=0.02, audit_first=1, audit_seed=1)
     reused = gate.begin(chat(WRONGLY_PAIRED))
     assert isinstance(reused, Reused)
     assert gate.aaudit(chat(WRONGLY_PAIRED), reused, Upstream()) is False  # no event loop runs here
@@ -367,7 +367,7 @@ def test_audits_are_off_by_default(embedder: SentenceTransformerEmbedder) -> Non
 # ---------------------------------------------------------------------------- the ledger and the report
 def test_the_report_shows_the_audit_line(embedder: SentenceTransformerEmbedder, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    gate, upstream = planted_gate(embedder, audit_rate=0.02, audit_first=1), Upstream()
+    gate, upstream = planted_gate(embedder, audit_rate=0.02, audit_first=1, audit_seed=1), Upstream()
     asyncio.run(repeats(gate, upstream, WRONGLY_PAIRED, 2))
     asyncio.run(repeats(gate, upstream, PARAPHRASE, 1))
     gate.report_wrong(chat(PARAPHRASE))

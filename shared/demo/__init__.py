@@ -136,7 +136,9 @@ async def _run_all(workload: Workload, configs: Sequence[Configuration], agents:
 def plant_mistake(workload: Workload, verifier: Any) -> PlantedMistake | None:
     """The verifier's planted mistake: the research agent's commonest question with a slot (say,
     standard shipping to Denver) is answered from the stored answer of the commonest other
-    question of its intent (express shipping to Denver). None if the workload has no such pair."""
+    question of its intent asked before it (express shipping to Denver). None if the workload has
+    no such pair. Whether the mistake is served depends on what else the cache holds when the
+    question comes (its nearest neighbours), and on the order concurrent tickets reach it."""
     from collections import Counter
 
     research = [c for c in workload.calls() if c.agent == "research" and "|" in c.identity]

@@ -117,9 +117,10 @@ def router_for(url: str) -> Any:
 
 
 class PlantedMistake:
-    """A verifier that makes one mistake on purpose: it also accepts a stored request of identity
-    ``stored`` for a new request of identity ``asked`` (every verifier makes some mistakes; this
-    one is known, so the demo can show what happens to it). Everything else goes to ``verifier``."""
+    """A verifier that makes one mistake on purpose: for a new request of identity ``asked`` it
+    accepts the stored requests of identity ``stored``, and only those (every verifier makes some
+    mistakes; this one is known, so the demo can show what happens to it). Everything else goes
+    to ``verifier``."""
 
     def __init__(self, verifier: Verifier, identity_of: dict[str, str], stored: str, asked: str) -> None:
         self.verifier, self.identity_of, self.stored, self.asked = verifier, identity_of, stored, asked
@@ -127,8 +128,9 @@ class PlantedMistake:
     def verify(self, query: str, candidate: str, similarity: float) -> Any:
         from ..verifier import Verdict
 
-        if self.identity_of.get(candidate) == self.stored and self.identity_of.get(query) == self.asked:
-            return Verdict(True, "planted", "a known mistake")
+        if self.identity_of.get(query) == self.asked:
+            mistaken = self.identity_of.get(candidate) == self.stored
+            return Verdict(mistaken, "planted", "a known mistake" if mistaken else "not the planted neighbour")
         return self.verifier.verify(query, candidate, similarity)
 
 
