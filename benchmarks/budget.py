@@ -29,7 +29,7 @@ from thrifty.pricing import PriceTable
 from thrifty.request import CanonicalRequest, canonicalize
 from thrifty.settings import BudgetSettings, LimitSettings, ModelPrice, RedisSettings
 
-from benchmarks.summary_row import SummaryRow, Target, command
+from benchmarks.summary_row import SummaryRow, Target, command, summary_argv
 
 LIMIT = 0.50
 COST = 0.003  # what each call really costs, settled after it
@@ -139,7 +139,7 @@ def summary(quick: bool = True, argv: Sequence[str] | None = None) -> list[Summa
     """The headline figure, in one process: the final spend of ``--calls`` concurrent calls, beside
     the reference's. ``argv`` (default: :data:`QUICK`, whatever ``quick``: it is the full size)
     overrides the sizes; the Redis run is never part of the summary."""
-    argv = list(QUICK if argv is None else argv)
+    argv = summary_argv(argv, quick, QUICK, full=QUICK)
     args = _parser().parse_args(argv)
     result = in_process(args.calls)
     clear = bool(result["messages"]) and all("would be exceeded" in m for m in result["messages"])

@@ -36,7 +36,7 @@ from thrifty.ledger import Ledger
 from thrifty.pricing import PriceTable
 from thrifty.settings import ThriftySettings
 
-from benchmarks.summary_row import SummaryRow, Target, command
+from benchmarks.summary_row import SummaryRow, Target, command, summary_argv
 
 QUICK = ("--processes", "0")  # the summary's run: in one process (no Redis), full size
 REQUEST = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "What's the status of order 44921?"}]}
@@ -169,7 +169,7 @@ def summary(quick: bool = True, argv: Sequence[str] | None = None) -> list[Summa
     """The in-process headline figures (upstream calls per burst, follower delay p50), beside the
     references. ``argv`` (default: :data:`QUICK`, whatever ``quick``: it is the full size)
     overrides the sizes; the Redis run is never part of the summary."""
-    argv = list(QUICK if argv is None else argv)
+    argv = summary_argv(argv, quick, QUICK, full=QUICK)
     args = _parser().parse_args(argv)
     big, small = measure_in_process(args.requests)
     cmd = command("dedup", argv)

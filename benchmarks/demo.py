@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.summary_row import SummaryRow, Target, command
+from thrifty.demo import ALL_PARTS, COSINE_THRESHOLD
+
+from benchmarks.summary_row import SummaryRow, Target, command, summary_argv
 
 QUICK = ("--requests", "300", "--latency-scale", "0.05")  # the summary's run: half the workload
-ALL_PARTS = "thrifty: + budgets (all parts)"
+COSINE = f"cosine cache {COSINE_THRESHOLD}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,7 +45,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def summary(quick: bool = True, argv: Sequence[str] | None = None) -> list[SummaryRow]:
     """thrifty's saving with every part on (beside LiteLLM's exact cache), and the wrong answers
     and failed hard tasks of thrifty's rows (beside the cosine cache's)."""
-    argv = list(argv if argv is not None else QUICK if quick else ())
+    argv = summary_argv(argv, quick, QUICK)
     args = _parser().parse_args(argv)
     rows = {row["name"]: row for row in measure(args)["configurations"]}
     thrifty = [row for name, row in rows.items() if name.startswith("thrifty") and not row["planted"]]
@@ -55,8 +57,8 @@ def summary(quick: bool = True, argv: Sequence[str] | None = None) -> list[Summa
                    "LiteLLM's exact cache", Target(">=", 70.0, "issue 13"), cmd,
                    f"{rows['thrifty: + routing']['saving_pct']:.1f}% before budgets refuse runaway prompts"),
         SummaryRow("demo", "wrong answers served, every thrifty configuration",
-                   sum(r["wrong_answers"] for r in thrifty), "", rows["cosine cache 0.92"]["wrong_answers"],
-                   "cosine cache 0.92", Target("==", 0, "issue 13"), cmd),
+                   sum(r["wrong_answers"] for r in thrifty), "", rows[COSINE]["wrong_answers"],
+                   COSINE, Target("==", 0, "issue 13"), cmd),
         SummaryRow("demo", "hard tasks answered by a failing tier, every thrifty configuration",
                    sum(r["hard_on_failing_tier"] for r in thrifty), "", None, "-", Target("==", 0, "issue 13"), cmd),
     ]

@@ -55,7 +55,7 @@ from thrifty.pricing import PriceTable
 from thrifty.settings import EmbedderSettings
 
 from benchmarks.quora import DATA, distinct_pairs
-from benchmarks.summary_row import SummaryRow, Target, command
+from benchmarks.summary_row import SummaryRow, Target, command, summary_argv
 from langchain_ext import ThriftyCache
 from langchain_ext.translate import cache_request
 
@@ -64,6 +64,7 @@ SYSTEM = "Answer briefly."
 PAIR_SETS = ("dev", "fow_cache")
 OVERHEAD_TARGET_MS = 1.0  # issue 12
 QUICK = ("--entries", "500", "--queries", "100", "--pair-sets", "dev", "--no-redis")  # the summary's run
+FULL = ("--no-redis",)  # the summary's full-size run: its Redis rows need a Redis
 CORE, THROUGH = "thrifty core alone (Thrifty.alookup)", "thrifty through LangChain (ainvoke)"
 
 
@@ -287,7 +288,7 @@ def summary(quick: bool = True, argv: Sequence[str] | None = None) -> list[Summa
     """Pairs decided as the core decides, and LangChain's overhead on a thrifty hit beside the
     core's own lookup. ``argv`` overrides the sizes (default: :data:`QUICK` if ``quick``, else the
     full sizes); the Redis rows are never part of the summary."""
-    argv = list(argv if argv is not None else QUICK if quick else ("--no-redis",))
+    argv = summary_argv(argv, quick, QUICK, full=FULL)
     cmd = command("langchain", argv)
     out = measure(_parser().parse_args(argv))
     rows = [SummaryRow("langchain", f"{name}: pairs decided as the core decides", result["same_as_core"], "",

@@ -43,7 +43,7 @@ from thrifty.vector_index import VectorIndex
 from thrifty.verifier import verify_all
 
 from benchmarks.quora import DATA, distinct_pairs
-from benchmarks.summary_row import SummaryRow, Target, command, failed
+from benchmarks.summary_row import SummaryRow, Target, command, failed, summary_argv
 
 TARGETS_MS = {"exact hit": 0.5, "semantic hit": 8.0, "miss (paraphrase)": 8.0, "miss (new question)": 8.0,
               "vector search, 1M": 1.0}
@@ -138,7 +138,7 @@ def summary(quick: bool = True, argv: Sequence[str] | None = None) -> list[Summa
     """p50 of exact hits, semantic hits and misses of new questions (beside the embedding alone),
     and of the 1M-vector search when it runs. ``argv`` overrides the sizes (default: :data:`QUICK`
     if ``quick``, else the full run)."""
-    argv = list(argv if argv is not None else QUICK if quick else ())
+    argv = summary_argv(argv, quick, QUICK)
     cmd = command("latency", argv)
     if not DATA.is_file():
         return [failed("latency", cmd, f"{DATA} is absent")]

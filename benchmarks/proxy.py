@@ -51,7 +51,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from benchmarks.summary_row import Op, SummaryRow, Target, command, failed
+from benchmarks.summary_row import Op, SummaryRow, Target, command, failed, summary_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "litellm_config.yaml"
@@ -396,7 +396,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
 def summary(quick: bool = True, argv: Sequence[str] | None = None) -> list[SummaryRow]:
     """Throughput with thrifty, cold and warm cache, as ratios to the same proxy without thrifty.
     ``argv`` overrides the sizes (default: :data:`QUICK` if ``quick``, else the full run)."""
-    argv = list(argv if argv is not None else QUICK if quick else ())
+    argv = summary_argv(argv, quick, QUICK)
     cmd = command("proxy", argv)
     args = _parser().parse_args(argv)
     try:

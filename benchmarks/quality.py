@@ -46,7 +46,7 @@ from thrifty.evaluation import Pair, evaluate_pairs, read_pairs
 from thrifty.request import CanonicalRequest, canonicalize
 from thrifty.settings import EmbedderSettings, ThriftySettings
 
-from benchmarks.summary_row import SummaryRow, Target, command, failed
+from benchmarks.summary_row import SummaryRow, Target, command, failed, summary_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "gptcache_qqp"
@@ -271,7 +271,7 @@ def summary(quick: bool = True, argv: Sequence[str] | None = None) -> list[Summa
     """thrifty's default verifier on GPTCache's benchmark, fow-cache and the dev set, beside a plain
     cosine 0.8 cache on the same embedder. ``argv`` overrides what runs (default: :data:`QUICK`
     if ``quick``, else the full run; the figures are the same, the full run scores more sets)."""
-    argv = list(argv if argv is not None else QUICK if quick else ())
+    argv = summary_argv(argv, quick, QUICK)
     cmd = command("quality", argv)
     scored, skipped = measure(_parser().parse_args(argv))
     rows = [failed("quality", cmd, note) for note in skipped]

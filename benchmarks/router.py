@@ -35,7 +35,7 @@ from thrifty.router_eval import quality_curve, random_share
 from thrifty.scoring import Features, LabelledPrompt, LearnedScorer, RulesScorer, read_exclusions, read_labelled_csv
 from thrifty.settings import EmbedderSettings
 
-from benchmarks.summary_row import SummaryRow, Target, command, failed
+from benchmarks.summary_row import SummaryRow, Target, command, failed, summary_argv
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "routellm"
 ROUTELLM_PREMIUM_SHARE = {"MMLU": 0.55, "GSM8K": 0.65}  # from its published cost savings at 95% quality
@@ -160,7 +160,7 @@ def summary(quick: bool = True, argv: Sequence[str] | None = None) -> list[Summa
     """Premium share of the learned scorer on unseen MMLU subjects and on GSM8K (beside random
     routing), and the decision times. ``argv`` overrides the sizes (default: :data:`QUICK` if
     ``quick``, else the full run)."""
-    argv = list(argv if argv is not None else QUICK if quick else ())
+    argv = summary_argv(argv, quick, QUICK)
     cmd = command("router", argv)
     if not DATA.is_dir():
         return [failed("router", cmd, f"{DATA} is absent")]

@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks.summary_row import SummaryRow, command, failed, fmt, fmt_target
+from benchmarks.summary_row import SummaryRow, command, failed, fmt, fmt_target, summary_argv
 
 BENCHMARKS = ("quality", "latency", "dedup", "router", "budget", "proxy", "langchain", "demo")
 NOT_RUN = {"redis_latency": "needs Redis", "dedup, budget": "their cross-process runs need Redis",
@@ -49,7 +49,7 @@ def run(names: Sequence[str], quick: bool, verbose: bool = False) -> tuple[list[
         argv: Sequence[str] = ()
         try:
             module = importlib.import_module(f"benchmarks.{name}")
-            argv = module.QUICK if quick else ()
+            argv = summary_argv(None, quick, module.QUICK, getattr(module, "FULL", ()))
             with contextlib.redirect_stdout(sink):
                 found = list(module.summary(quick))
         except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others' figures

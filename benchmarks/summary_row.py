@@ -80,6 +80,13 @@ def fmt_target(target: Target | None, unit: str) -> str:
     return "-" if target is None else f"{_SIGNS[target.op]} {fmt(target.value, unit)}"
 
 
+def summary_argv(argv: Sequence[str] | None, quick: bool, quick_argv: Sequence[str],
+                 full: Sequence[str] = ()) -> list[str]:
+    """The arguments a benchmark's ``summary`` runs with: ``argv`` when given, else its reduced
+    sizes (``quick``) or the full run's."""
+    return list(argv if argv is not None else quick_argv if quick else full)
+
+
 def command(name: str, argv: Sequence[str]) -> str:
     """The command that reproduces a figure: ``thrifty bench NAME ARGS``."""
     return " ".join(("thrifty bench", name, *argv))

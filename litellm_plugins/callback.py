@@ -427,22 +427,9 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
         """The caller's kwargs for an audit of ``request`` (the auditor's: its ``model`` is the
         one to ask), marked as thrifty's own call. A Router group's call stays on the group and
         pins the tier of that model (:meth:`litellm_plugins.routing.CostAwareRouting.tier_of`)."""
-        kwargs = dict(state.recall_kwargs)
-        kwargs.pop("stream", None)
-        kwargs.pop("stream_options", None)
         mark = f"audit:{uuid.uuid4().hex}"
-        metadata = {k: v for k, v in (kwargs.get("metadata") or {}).items() if k != REPORT_WRONG}
-        metadata[PARENT] = mark
-        model = request.get("model")
-        if state.recall_model is not None:
-            kwargs["model"] = state.recall_model
-            metadata[TIER_PIN] = model
-        elif isinstance(model, str):
-            kwargs["model"] = model
-            if state.reroute:  # a LiteLLM model name, as for an escalated re-call
-                kwargs["custom_llm_provider"] = _provider(model)
-        kwargs["metadata"] = metadata
-        return kwargs, mark
+        model = request.get("model") if isinstance(request.get("model"), str) else None
+        return _own_kwargs(state, mark, model=model, pin=model if state.recall_model is not None else None), mark
 
     @contextmanager
     def _own_call(self, mark: str) -> Iterator[None]:
@@ -492,14 +479,9 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
         return response
 
     async def _recall(self, state: CallState, ticket: Ticket, call_id: str | None) -> Any:
-        kwargs = dict(state.recall_kwargs)
         tier = ticket.route.tier.name if ticket.route.tier is not None else None
         mark = f"{call_id}:{uuid.uuid4().hex}"
-        kwargs["metadata"] = {**(kwargs.get("metadata") or {}), PARENT: mark, TIER_PIN: tier}
-        kwargs["model"] = state.recall_model or ticket.model
-        kwargs.pop("stream", None)
-        if state.reroute:  # a LiteLLM model name, not one of a Router's
-            kwargs["custom_llm_provider"] = _provider(ticket.model)
+        kwargs = _own_kwargs(state, mark, model=ticket.model, pin=tier)
         assert state.recall is not None
         with self._own_call(mark):
             return await state.recall(**kwargs)
@@ -622,6 +604,25 @@ class ThriftyCache(Cache):  # type: ignore[misc]
             await self.callback.afinish(kwargs, result)
         except Exception as exc:  # noqa: BLE001
             self.callback._warn("store", exc)
+
+
+def _own_kwargs(state: CallState, mark: str, *, model: str | None, pin: str | None) -> dict[str, Any]:
+    """The caller's kwargs for a call thrifty makes itself (an escalated re-call or an audit):
+    marked ``mark`` as thrifty's own, not streamed, without the caller's report flag, on ``model`` -
+    or on the Router's group, with the tier ``pin`` pinned."""
+    kwargs = dict(state.recall_kwargs)
+    kwargs.pop("stream", None)
+    kwargs.pop("stream_options", None)
+    metadata = {k: v for k, v in (kwargs.get("metadata") or {}).items() if k != REPORT_WRONG}
+    metadata[PARENT] = mark
+    if pin is not None:
+        metadata[TIER_PIN] = pin
+    if state.recall_model is not None or model is not None:
+        kwargs["model"] = state.recall_model or model
+    if state.reroute and model is not None:  # a LiteLLM model name, not one of a Router's
+        kwargs["custom_llm_provider"] = _provider(model)
+    kwargs["metadata"] = metadata
+    return kwargs
 
 
 def reaches_caller(exc: BaseException) -> bool:

@@ -36,7 +36,7 @@ import random
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -45,7 +45,7 @@ from .blocks import Block
 from .books import CallBooks
 from .cache import Lookup, SemanticCache
 from .completion import Completion
-from .embedder import Embedder
+from .embedder import Embedder, embed_from_start
 from .log_once import LogOnce
 from .plan import Plan, arun, run
 from .request import CanonicalRequest
@@ -151,8 +151,7 @@ class Auditor:
     @property
     def stats(self) -> AuditStats:
         with self._lock:
-            return AuditStats(self._stats.started, self._stats.agreements, self._stats.disagreements,
-                              self._stats.failures, self._stats.spent, Counter(self._stats.skipped))
+            return replace(self._stats, skipped=Counter(self._stats.skipped))
 
     # ------------------------------------------------------------------ the decision (on the caller's path)
     def job(self, request: Mapping[str, Any], canonical: CanonicalRequest, served: Lookup) -> AuditJob | None:
@@ -250,8 +249,8 @@ class Auditor:
         if not agreement.agree:
             served, canon = job.served, job.canonical
             assert served.stored_key is not None
-            yield _Block(Block(served.stored_key, canon.exact_key, served.matched_text or "",
-                               canon.semantic_text or canon.text, "audit", self.cache.clock()))
+            yield _Block(Block.against(canon, served.stored_key, served.matched_text or "", "audit",
+                                       self.cache.clock()))
             yield _Store(canon, priced)
         self.books.audited(job.canonical, priced, model=model, outcome=outcome,
                            detail=f"{agreement.detail}: {job.served.matched_text}")
@@ -262,7 +261,7 @@ class Auditor:
         a, b = vectors
         similarity = None
         if a is not None and b is not None and a.shape == b.shape:
-            similarity = float(np.dot(a, b) / ((np.linalg.norm(a) * np.linalg.norm(b)) or 1.0))
+            similarity = float(np.dot(a, b))  # the embedder's vectors are unit length
         verdict = self.rules.certain(fresh, cached, 1.0 if similarity is None else similarity)
         if verdict is not None and verdict.accepted:
             return Agreement(True, similarity, verdict.summary)
@@ -333,11 +332,7 @@ class Auditor:
 
     def _embed(self, texts: tuple[str, str]) -> tuple[Vector | None, Vector | None]:
         """Both answers' vectors; an answer too long for the model is embedded from its start."""
-        truncated = getattr(self.embedder, "embed_truncated", None)
-        if callable(truncated):
-            matrix = truncated(list(texts))
-            return matrix[0], matrix[1]
-        a, b = self.embedder.embed(list(texts))
+        a, b = embed_from_start(self.embedder, texts)
         return a, b
 
 

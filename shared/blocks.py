@@ -21,10 +21,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .vectors import Vector
+
+if TYPE_CHECKING:
+    from .request import CanonicalRequest
 
 BLOCKED = "blocked"
 BLOCKED_NEAR = "blocked_near"
@@ -45,6 +49,12 @@ class Block:
     @property
     def pairing(self) -> tuple[str, str]:
         return (self.stored_key, self.new_key)
+
+    @classmethod
+    def against(cls, request: CanonicalRequest, stored_key: str, stored_text: str, source: str,
+                at: float) -> Block:
+        """The block that keeps the stored entry ``stored_key`` from answering ``request``."""
+        return cls(stored_key, request.exact_key, stored_text, request.semantic_text or request.text, source, at)
 
 
 class BlockBook:
@@ -74,10 +84,6 @@ class BlockBook:
         """Every block on any of ``stored_keys``."""
         with self._lock:
             return [b for key in stored_keys for b in self._by_stored.get(key, {}).values()]
-
-    def all(self) -> list[Block]:
-        with self._lock:
-            return list(self._blocks.values())
 
     def clear(self) -> None:
         with self._lock:
@@ -116,7 +122,7 @@ def blocked_reason(stored_key: str, new_key: str, vector: Vector | None, blocks:
         other = vectors.get(block.new_text)
         if other is None or other.shape != vector.shape:
             continue
-        cosine = float(np.dot(vector, other) / ((np.linalg.norm(vector) * np.linalg.norm(other)) or 1.0))
+        cosine = float(np.dot(vector, other))  # the embedder's vectors are unit length
         if cosine >= near:
             return BLOCKED_NEAR, f"cos={cosine:.3f} to {block.source}: {block.new_text}"
     return None

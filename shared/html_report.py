@@ -17,13 +17,12 @@ the reason.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
 
-from .ledger import LedgerEvent, summarize
+from .ledger import LedgerEvent, group, summarize
 from .pricing import PriceTable
 from .savings import SOURCE_LABELS, SOURCES, SavingsBySource, saving_of, savings_by_source
 from .svg_charts import PALETTE, Bar, Series, hbars, lines, money, thin
@@ -171,16 +170,9 @@ def _over_time(events: Sequence[LedgerEvent], savings: SavingsBySource, prices: 
 
 
 def _spend_by(events: Sequence[LedgerEvent], key: str) -> str:
-    spent: dict[str, float] = defaultdict(float)
-    saved: dict[str, float] = defaultdict(float)
-    for event in events:
-        name = str(getattr(event, key) or "-")
-        if event.kind == "call":
-            spent[name] += event.cost
-        elif event.kind in ("cache_hit", "joined"):
-            saved[name] += event.saved
-    names = sorted(set(spent) | set(saved), key=lambda n: (-spent.get(n, 0.0), n))
-    bars = [Bar(n, spent.get(n, 0.0), note=f"(saved {money(saved.get(n, 0.0))})") for n in names]
+    totals = {n: t for n, t in group(events, key).items() if t.calls or t.hits or t.joined}
+    names = sorted(totals, key=lambda n: (-totals[n].cost, n))
+    bars = [Bar(n, totals[n].cost, note=f"(saved {money(totals[n].saved)})") for n in names]
     return (f'<section id="by-{key}"><h2>Spend by {key}</h2>'
             + hbars(bars, title=f"spend by {key}") + "</section>")
 

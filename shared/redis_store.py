@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 import numpy as np
@@ -419,9 +420,7 @@ class RedisStore:
 
 
 def _block_json(block: Block) -> str:
-    return json.dumps({"stored_key": block.stored_key, "new_key": block.new_key, "stored_text": block.stored_text,
-                       "new_text": block.new_text, "source": block.source, "at": block.at},
-                      ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(asdict(block), ensure_ascii=False, separators=(",", ":"))
 
 
 def _text(value: Any) -> str:

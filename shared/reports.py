@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -81,9 +80,6 @@ class ServedMemory:
         with self._lock:
             return self._served.pop(exact_key, None)
 
-    def __len__(self) -> int:
-        return len(self._served)
-
 
 class Reporter:
     """Undoes served answers reported wrong, for one gate (its cache, its books, its memory)."""
@@ -109,17 +105,14 @@ class Reporter:
         served = self.memory.take(canonical.exact_key) or Served.of(await self.cache.alookup(canonical))
         if served is None:
             return self._recorded(canonical, Reported("nothing", detail="no stored answer serves it"))
-        undo: Callable[[], Awaitable[bool]]
         if served.tier == "exact":
-            undo = lambda: self.cache.aevict(served.entry_id)  # noqa: E731
+            done = await self.cache.aevict(served.entry_id)
         else:
-            block = self._block(canonical, served)
-            undo = lambda: self.cache.ablock(block)  # noqa: E731
-        return self._recorded(canonical, self._outcome(served, await undo()))
+            done = await self.cache.ablock(self._block(canonical, served))
+        return self._recorded(canonical, self._outcome(served, done))
 
     def _block(self, canonical: CanonicalRequest, served: Served) -> Block:
-        return Block(served.stored_key, canonical.exact_key, served.stored_text,
-                     canonical.semantic_text or canonical.text, "reported", self.cache.clock())
+        return Block.against(canonical, served.stored_key, served.stored_text, "reported", self.cache.clock())
 
     @staticmethod
     def _outcome(served: Served, done: bool) -> Reported:

@@ -72,6 +72,7 @@ class CanonicalRequest:
     no_cache: bool = False
     no_store: bool = False
     ttl_seconds: float | None = None
+    timeout: float | None = None  # the caller's own timeout in seconds (LiteLLM's ``timeout=``), if any
     metadata: Mapping[str, Any] = field(default_factory=dict)
     workflow: str | None = None
     invalid: str | None = None
@@ -113,6 +114,7 @@ def canonicalize(request: Mapping[str, Any], settings: ThriftySettings | None = 
         "no_cache": bool(controls.get("no_cache")),
         "no_store": bool(controls.get("no_store")),
         "ttl_seconds": _positive_float(controls.get("ttl")),
+        "timeout": None if isinstance(request.get("timeout"), bool) else _positive_float(request.get("timeout")),
         "metadata": metadata,
     }
     messages: Sequence[Mapping[str, Any]] = request.get("messages")  # type: ignore[assignment]

@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from .embedder import Embedder
+from .embedder import Embedder, embed_from_start
 
 Matrix = npt.NDArray[np.float64]
 
@@ -231,13 +231,10 @@ class LearnedScorer:
 
     # ------------------------------------------------------------------ internals
     def _vectors_of(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        truncated = getattr(self.embedder, "embed_truncated", None)
-        if truncated is not None:
-            return np.asarray(truncated(list(texts)), dtype=np.float32)
-        vectors = self.embedder.embed(list(texts))
+        vectors = embed_from_start(self.embedder, texts)
         if any(v is None for v in vectors):
             raise ValueError("the embedder gave no vector for a text (too long?)")
-        return np.stack([v for v in vectors if v is not None])
+        return np.stack([v for v in vectors if v is not None]) if vectors else np.asarray(vectors, dtype=np.float32)
 
     def _refit(self) -> None:
         design = self._design(self._hand, self._vectors, leave_one_out=True)

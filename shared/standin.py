@@ -74,6 +74,12 @@ def tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+def prompt_tokens(messages: Any) -> int:
+    """The stand-in's token count of a request's messages (their contents, joined)."""
+    listed = messages if isinstance(messages, list) else []
+    return tokens(" ".join(str(m.get("content") or "") for m in listed if isinstance(m, dict)))
+
+
 def last_user_text(messages: Any) -> str:
     """The text of the last user message (text parts of a content list joined), or ""."""
     for message in reversed(messages if isinstance(messages, list) else []):
@@ -217,9 +223,7 @@ class StandIn:
             usage = {"prompt_tokens": scripted.prompt_tokens, "completion_tokens": scripted.completion_tokens}
         else:
             answer = as_json_if_asked(body, answer)
-            prompt_text = " ".join(str(m.get("content", "")) for m in body.get("messages") or []
-                                   if isinstance(m, dict))
-            usage = {"prompt_tokens": tokens(prompt_text), "completion_tokens": tokens(answer)}
+            usage = {"prompt_tokens": prompt_tokens(body.get("messages")), "completion_tokens": tokens(answer)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         self.billed.setdefault(model, Counter()).update(
             {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]})

@@ -71,7 +71,7 @@ def test_the_world_answers_per_identity_and_a_cheap_model_fails_hard_tasks() -> 
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    result = subprocess.run([sys.executable, "-m", "thrifty.cli", "demo", "--json", "--requests", "250",
+    result = subprocess.run([sys.executable, "-m", "thrifty.cli", "demo", "--json", "--requests", "600",
                              "--agents", "6", "--latency-scale", "0.02", "--out", str(out)],
                             capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -99,10 +99,11 @@ def test_demo_json_has_every_configuration_side_by_side(demo_run: tuple[dict[str
 def test_thrifty_serves_no_wrong_answer_and_leaves_no_hard_task_on_a_failing_tier(
         demo_run: tuple[dict[str, Any], Path]) -> None:
     numbers, _ = demo_run
-    for row in numbers["configurations"]:
-        if row["name"].startswith("thrifty") and not row["planted"]:
-            assert row["wrong_answers"] == 0, row
-            assert row["hard_on_failing_tier"] == 0, row
+    checked = [row for row in numbers["configurations"] if row["name"].startswith("thrifty") and not row["planted"]]
+    assert len(checked) >= 4
+    for row in checked:
+        assert row["wrong_answers"] == 0, row
+        assert row["hard_on_failing_tier"] == 0, row
 
 
 def test_an_audit_ends_the_planted_mistake_that_repeats_without_it(demo_run: tuple[dict[str, Any], Path]) -> None:
@@ -111,11 +112,12 @@ def test_an_audit_ends_the_planted_mistake_that_repeats_without_it(demo_run: tup
     planted = rows["thrifty: planted mistake"]
     audited = rows["thrifty: planted mistake + audits 0.02"]
     assert planted["planted"] and audited["planted"]
-    # whether the planted pairing comes up depends on what the cache holds when it is asked, and on
-    # the order concurrent tickets reach it (tests/test_audit.py and test_litellm_audit.py count the
-    # wrong answers exactly): never more wrong answers with audits, and every mistake served is audited
-    assert audited["wrong_answers"] <= planted["wrong_answers"]
-    assert audited["audit_disagreements"] >= min(1, audited["wrong_answers"])
+    # at 600 requests (seed 7) the planted question is first asked 11 tickets after its wrong
+    # neighbour is stored, and repeated later: served wrongly on every repeat without audits, once
+    # with them (its first hit is audited, disagrees, and the pairing is blocked)
+    assert planted["wrong_answers"] >= 2
+    assert 1 <= audited["wrong_answers"] < planted["wrong_answers"]
+    assert audited["audit_disagreements"] >= 1
     assert audited["audits"] > 0 and audited["audit_cost_usd"] > 0
     assert planted["audits"] == 0
 

@@ -6,7 +6,7 @@ stand-in (:mod:`thrifty.standin`) serving the workload's world (:mod:`thrifty.de
 answers per ground-truth identity with realistic token counts, at LiteLLM's list prices for
 gpt-4o and gpt-4o-mini, and a cheap model fails hard tasks. Each configuration
 (:func:`configurations`) runs the same workload through ``litellm.Router`` (:mod:`thrifty.demo.runner`),
-from no optimisation to thrifty with every part on. The last thrifty configuration's ledger and
+from no optimisation to thrifty with every part on. The ledger of thrifty with all parts on and
 an HTML report of it are written to ``out`` (default ``~/.cache/thrifty/demo``).
 
 Needs LiteLLM (``thrifty[litellm]``).
@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 from ..settings import ThriftySettings
 from .runner import Configuration, PlantedMistake, Result, run
-from .workload import Workload, generate
+from .workload import AGENTS, Workload, generate
 from .world import DemoWorld
 
 DEFAULT_OUT = Path("~/.cache/thrifty/demo")
@@ -169,8 +170,8 @@ def _bar(name: str, total: int, show: bool) -> Any:
 def run_demo(*, requests: int = 600, agents: int = 12, seed: int = 7, latency_scale: float = 0.1,
              out: Path | None = DEFAULT_OUT, redis_url: str | None = None, progress: bool = True,
              triage_by_meaning: bool = False) -> DemoRun:
-    """Generate the workload, run it in every configuration, and write the last thrifty
-    configuration's ledger and an HTML report to ``out`` (None: write nothing).
+    """Generate the workload, run it in every configuration, and write the ledger of thrifty with
+    all parts on and an HTML report of it to ``out`` (None: write nothing).
     ``triage_by_meaning``: see :func:`thrifty.demo.workload.generate`."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -185,8 +186,6 @@ def run_demo(*, requests: int = 600, agents: int = 12, seed: int = 7, latency_sc
         except ImportError as exc:
             raise SystemExit("thrifty demo --redis-url needs the Redis extra: pip install 'thrifty[redis]'") from exc
     workload = generate(requests, seed, triage_by_meaning=triage_by_meaning)
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="thrifty-demo-") as tmp:
         configs = configurations(Path(tmp), redis_url=redis_url)
         try:
@@ -196,7 +195,7 @@ def run_demo(*, requests: int = 600, agents: int = 12, seed: int = 7, latency_sc
                 _clean_redis(redis_url, _redis_prefix())
         ledger_path = report_path = None
         if out is not None:
-            ledger_path, report_path = _keep(results, configs, out.expanduser())
+            ledger_path, report_path = _keep(results, out.expanduser())
     return DemoRun(workload, results, ledger_path, report_path)
 
 
@@ -222,15 +221,16 @@ def _clean_redis(url: str, prefix: str) -> None:
         client.close()
 
 
-def _keep(results: Sequence[Result], configs: Sequence[Configuration], out: Path) -> tuple[Path | None, Path | None]:
+def _keep(results: Sequence[Result], out: Path) -> tuple[Path | None, Path | None]:
     """Copy the ledger of thrifty with all parts on (on Redis, when it ran) to ``out`` and write the
     report beside it."""
-    last = next((r for r in reversed(results) if r.ledger_path and r.name in (ALL_PARTS, REDIS_ALL_PARTS)), None)
-    if last is None or last.ledger_path is None or not Path(last.ledger_path).is_file():
+    kept = next((Path(r.ledger_path) for r in reversed(results)
+                 if r.ledger_path and r.name in (ALL_PARTS, REDIS_ALL_PARTS)), None)
+    if kept is None or not kept.is_file():
         return None, None
     out.mkdir(parents=True, exist_ok=True)
     ledger = out / "ledger.jsonl"
-    ledger.write_text(Path(last.ledger_path).read_text(encoding="utf-8"), encoding="utf-8")
+    ledger.write_text(kept.read_text(encoding="utf-8"), encoding="utf-8")
     try:
         from ..html_report import write_report
         from ..ledger import read_events
@@ -244,9 +244,9 @@ def _keep(results: Sequence[Result], configs: Sequence[Configuration], out: Path
 def print_table(run_: DemoRun, file: Any = None) -> None:
     """The side-by-side table, and where the ledger and the report are."""
     out = file or sys.stdout
-    calls = list(run_.workload.calls())
-    print(f"\n{len(calls)} requests from {len(run_.workload.tickets)} tickets, 6 agents, "
-          f"{sum(c.difficulty == 'hard' for c in calls)} hard tasks (seed {run_.workload.seed}); "
+    workload = run_.as_dict()["workload"]
+    print(f"\n{workload['requests']} requests from {workload['tickets']} tickets, {len(AGENTS)} agents, "
+          f"{workload['hard_tasks']} hard tasks (seed {workload['seed']}); "
           "stand-in provider at LiteLLM's list prices\n", file=out)
     width = max(len(r.name) for r in run_.results) + 2 if run_.results else 32
     head = (f"{'configuration':<{width}}{'calls':>6}{'cost $':>9}{'saved':>7}{'p50 ms':>8}{'p95 ms':>8}"

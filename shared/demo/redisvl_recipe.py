@@ -15,13 +15,11 @@ from typing import Any
 from litellm.caching.caching import Cache
 
 from ..embedder import Embedder
+from ..standin import last_user_text
 
 
 def _last_user_text(kwargs: dict[str, Any]) -> str | None:
-    for message in reversed(kwargs.get("messages") or []):
-        if isinstance(message, dict) and message.get("role") == "user" and isinstance(message.get("content"), str):
-            return str(message["content"])
-    return None
+    return last_user_text(kwargs.get("messages")) or None
 
 
 class RedisVLRecipeCache(Cache):  # type: ignore[misc]

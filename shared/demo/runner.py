@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -61,8 +60,6 @@ class CallRecord:
     decision: str  # call, cache_hit, joined, budget_refused, error
     source: str = ""
     escalations: int = 0
-    model: str = ""  # the model that answered (the original call's, for a reused answer)
-    served: str | None = None  # the identity of the question the answer was given to
 
 
 @dataclass
@@ -200,11 +197,10 @@ async def run(config: Configuration, workload: Workload, world: DemoWorld, *, ag
             if config.litellm_cache or recipe is not None:
                 request["caching"] = True
             started = time.perf_counter()
-            decision, source, escalations, content, model = "call", "", 0, None, ""
+            decision, source, escalations, content = "call", "", 0, None
             try:
                 response = await router.acompletion(**request)
                 content = response.choices[0].message.content
-                model = str(response.model or "")
                 hidden = getattr(response, "_hidden_params", {}) or {}
                 info = hidden.get("thrifty") or {}
                 if info:
@@ -219,8 +215,7 @@ async def run(config: Configuration, workload: Workload, world: DemoWorld, *, ag
                 decision = "error"
             latency = 1000 * (time.perf_counter() - started)
             judgement = world.judge(call, content) if decision not in ("budget_refused", "error") else decision
-            records.append(CallRecord(call, latency, judgement, decision, source, escalations, model,
-                                      world.served(content)))
+            records.append(CallRecord(call, latency, judgement, decision, source, escalations))
             if progress is not None:
                 progress(1)
 
@@ -259,6 +254,7 @@ def _result(name: str, records: list[CallRecord], stats: dict[str, Any], wall: f
     calls = int(stats["calls"])
     latencies = sorted(r.latency_ms for r in records)
     decisions = Counter((r.decision, r.source) for r in records)
+    kinds = Counter(r.decision for r in records)
     judgements = Counter(r.judgement for r in records)
     return Result(
         name=name, requests=len(records), upstream_calls=calls, cost_usd=cost,
@@ -266,15 +262,11 @@ def _result(name: str, records: list[CallRecord], stats: dict[str, Any], wall: f
         p95_ms=latencies[int(0.95 * (len(latencies) - 1))] if latencies else 0.0,
         hits_exact=decisions[("cache_hit", "exact")],
         hits_semantic=decisions[("cache_hit", "semantic")],
-        joined=sum(n for (decision, _), n in decisions.items() if decision == "joined"),
+        joined=kinds["joined"],
         escalations=sum(r.escalations for r in records),
-        budget_refusals=sum(n for (decision, _), n in decisions.items() if decision == "budget_refused"),
-        errors=sum(n for (decision, _), n in decisions.items() if decision == "error"),
+        budget_refusals=kinds["budget_refused"],
+        errors=kinds["error"],
         wrong_answers=judgements["wrong"],
         hard_on_failing_tier=sum(1 for r in records if r.judgement == "failed" and r.call.difficulty == "hard"),
         tier_share={model: n / calls for model, n in sorted(stats["by_model"].items())} if calls else {},
         wall_s=wall, ledger_path=str(ledger_path) if ledger_path else None, records=records)
-
-
-def temporary_folder() -> tempfile.TemporaryDirectory[str]:
-    return tempfile.TemporaryDirectory(prefix="thrifty-demo-")

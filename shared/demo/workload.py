@@ -254,7 +254,6 @@ class _Ticketer:
         self.faq_weights = weights
         self.orders = [str(self.rng.randint(40_000, 49_999)) for _ in range(60)]
         self.customers = [(f"{self.rng.choice(FIRST)} {self.rng.choice(LAST)}", f"c-{1000 + i}") for i in range(80)]
-        self.wording_bias: dict[str, list[float]] = {}
 
     def wording(self, intent: Intent) -> str:
         # people tend to use the same few wordings: the first one of an intent's list is the commonest

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..standin import REFUSAL, Scripted, as_json_if_asked, tokens
+from ..standin import REFUSAL, Scripted, as_json_if_asked, prompt_tokens
 from .workload import DemoCall, messages_digest
 
 Judgement = Literal["right", "wrong", "failed", "unknown"]
@@ -59,7 +59,7 @@ class DemoWorld:
         call = self.calls.get(messages_digest(messages))
         if call is None:
             return None
-        prompt_tokens = tokens(" ".join(str(m.get("content") or "") for m in messages if isinstance(m, dict)))
+        tokens_in = prompt_tokens(messages)
         speed = TYPICAL_SPEED.get(_bare(model), DEFAULT_SPEED)
         if call.difficulty == "hard" and _bare(model) not in self.strong:
             text, completion_tokens = REFUSAL, 12
@@ -67,12 +67,7 @@ class DemoWorld:
             text = f"[{_bare(model)}] ref:{ref(call.identity)} The answer about {call.identity.split('|')[0]}."
             completion_tokens = _spread(call.answer_tokens, call.identity)
         latency = self.latency_scale * (speed.first_token + speed.per_token * completion_tokens)
-        return Scripted(as_json_if_asked(body, text), prompt_tokens, completion_tokens, latency)
-
-    def served(self, content: str | None) -> str | None:
-        """The identity of the question an answer was given to, when it names one this world knows."""
-        found = _REF.search(content or "")
-        return self.identities.get(found.group(1)) if found else None
+        return Scripted(as_json_if_asked(body, text), tokens_in, completion_tokens, latency)
 
     def judge(self, call: DemoCall, content: str | None) -> Judgement:
         """``right``: the answer is to the call's question; ``wrong``: to another question;

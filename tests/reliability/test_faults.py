@@ -267,7 +267,7 @@ def test_a_follower_waits_no_longer_than_its_own_timeout(embedder: SentenceTrans
     from conftest import chat, make_gate
     from thrifty.ticket import Ticket
 
-    gate = make_gate(embedder)
+    gate = make_gate(embedder, dedup={"max_wait": 3600})  # waiting for max_wait would hang, not run late
     request = chat("Compile the audit trail.", timeout=0.3)
     leader = gate.begin(request)
     assert isinstance(leader, Ticket) and leader.why == "leader"
