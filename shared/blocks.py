@@ -80,6 +80,11 @@ class BlockBook:
                 dropped.append(old)
             return dropped
 
+    def get(self, pairing: tuple[str, str]) -> Block | None:
+        """The block of ``pairing``, if it is kept."""
+        with self._lock:
+            return self._blocks.get(pairing)
+
     def for_stored(self, stored_keys: Iterable[str]) -> list[Block]:
         """Every block on any of ``stored_keys``."""
         with self._lock:

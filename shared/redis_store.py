@@ -4,10 +4,25 @@ Entries are Redis hashes under ``<prefix>:cache:e:<exact key>``, so the exact ti
 ``HGETALL``. A redisvl ``SearchIndex`` (RediSearch) indexes them: an HNSW cosine vector field per
 embedding size (``vector_384`` for MiniLM), and tag fields for scope, tenant and namespace. A
 lookup searches only its own scope (a tag filter on the KNN query). Expiry is Redis's own: each
-entry key carries its TTL. A sorted set of keys by last use bounds the store at ``max_entries``,
-evicting the least recently used. Blocked pairings (:mod:`thrifty.blocks`) are hashes too, one
-per stored entry: ``<prefix>:cache:b:<stored key>``, field = the blocked request's exact key, value
-= the block as JSON; every process sharing the store sees them at once.
+entry key carries its TTL. Blocked pairings (:mod:`thrifty.blocks`) are hashes too, one per stored
+entry: ``<prefix>:cache:b:<stored key>``, field = the blocked request's exact key, value = the
+block as JSON; every process sharing the store sees them at once.
+
+Bounds, least recently used first, each O(log n) per write:
+
+* ``<prefix>:cache:lru``: a sorted set of every entry key by last use bounds the store at
+  ``max_entries``;
+* ``<prefix>:cache:t:<digest>``: the same for one tenant's entries (``digest``: the first 32 hex
+  digits of SHA-256 of the tenant's name, so that a hostile name never shapes a key; no tenant and
+  the empty name are one tenant) bounds a tenant at ``max_entries_per_tenant``;
+* ``<prefix>:cache:owner``: a hash from entry key to its tenant's set, so that an entry leaving by
+  any door (evicted past either bound, deleted, its hits recorded) is updated in both sets.
+
+Every write of an entry is one Lua script: store the hash, rank it in both sets, evict what is past
+either bound (from both sets and the owner hash), atomically - concurrent writers never leave a
+tenant past its bound. An entry Redis expired stays ranked until it is the least recently used of
+its sets, and is dropped then without counting as an eviction (until then it counts toward the
+bounds, which can only make them tighter).
 
 Fail open: every call has a timeout; connection failures feed a circuit breaker
 (:mod:`thrifty.breaker`), and while it is open every operation returns "nothing found" / does
@@ -22,6 +37,7 @@ Redis without it the exact tier still works and vector search finds nothing (log
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import threading
@@ -52,30 +68,99 @@ _FIELDS = ("id", "scope", "exact_key", "text", "answer", "namespace", "tenant", 
 _VERSION = "1"
 _VERBATIM = {"separator": "\x1f", "case_sensitive": True}  # a tag field holding one name, kept as is
 
+# Forgetting an entry: out of its tenant's set, the owner hash and the set of all; 1 if it was live.
+_FORGET = """
+local function forget(victim, lru, owners)
+  local own = redis.call('HGET', owners, victim)
+  if own then redis.call('ZREM', own, victim) end
+  redis.call('HDEL', owners, victim)
+  redis.call('ZREM', lru, victim)
+  return redis.call('DEL', victim)
+end
+"""
+# KEYS: entry, all (lru), tenant's set, owner hash. ARGV: last use, expiry in ms or '', max_entries,
+# max_entries_per_tenant or 0, then the entry's field/value pairs. Returns {evicted for the tenant's
+# bound, evicted for the bound in all}.
+_PUT = _FORGET + """
+local key, lru, own, owners = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local before = redis.call('HGET', owners, key)
+if before and before ~= own then redis.call('ZREM', before, key) end
+redis.call('DEL', key)
+redis.call('HSET', key, unpack(ARGV, 5))
+if ARGV[2] ~= '' then redis.call('PEXPIREAT', key, ARGV[2]) end
+redis.call('ZADD', lru, ARGV[1], key)
+redis.call('ZADD', own, ARGV[1], key)
+redis.call('HSET', owners, key, own)
+local by_tenant, in_all = 0, 0
+local bound = tonumber(ARGV[4])
+if bound > 0 then
+  local excess = redis.call('ZCARD', own) - bound
+  if excess > 0 then
+    for _, victim in ipairs(redis.call('ZRANGE', own, 0, excess - 1)) do
+      by_tenant = by_tenant + forget(victim, lru, owners)
+    end
+  end
+end
+local excess = redis.call('ZCARD', lru) - tonumber(ARGV[3])
+if excess > 0 then
+  for _, victim in ipairs(redis.call('ZRANGE', lru, 0, excess - 1)) do
+    in_all = in_all + forget(victim, lru, owners)
+  end
+end
+return {by_tenant, in_all}
+"""
+# KEYS: all (lru), owner hash. ARGV: entry key, time of the hit, ... An entry gone meanwhile stays gone.
+_HITS = """
+for i = 1, #ARGV, 2 do
+  local key, now = ARGV[i], ARGV[i + 1]
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HINCRBY', key, 'hits', 1)
+    redis.call('HSET', key, 'last_used', now)
+    redis.call('ZADD', KEYS[1], 'XX', now, key)
+    local own = redis.call('HGET', KEYS[2], key)
+    if own then redis.call('ZADD', own, 'XX', now, key) end
+  end
+end
+return 1
+"""
+# KEYS: entry, all (lru), owner hash.
+_DELETE = _FORGET + """
+return forget(KEYS[1], KEYS[2], KEYS[3])
+"""
+
 
 class RedisStore:
     """:class:`~thrifty.store.Store` on Redis. Thread-safe; the async twins use redis.asyncio.
 
     Entries are identified by their exact key: storing a request again replaces its entry, and the
-    ``id`` of an entry read back is its exact key.
+    ``id`` of an entry read back is its exact key. ``max_entries_per_tenant`` (None: no bound of
+    its own) bounds each tenant's entries; see the module for how.
     """
 
     def __init__(self, url: str | None = None, *, settings: RedisSettings | None = None,
-                 max_entries: int = 100_000) -> None:
+                 max_entries: int = 100_000, max_entries_per_tenant: int | None = None) -> None:
         self.settings = settings or RedisSettings()
         self.url = url or self.settings.url
         self.max_entries = max_entries
+        self.max_entries_per_tenant = max_entries_per_tenant
         self.prefix = f"{self.settings.key_prefix}:cache"
         self._lru = f"{self.prefix}:lru"
+        self._owners = f"{self.prefix}:owner"
         self._redis = GuardedRedis(self.url, self.settings, "cache", on_failure=self._lost_contact,
                                    on_error=self._index_missing)
         self.breaker = self._redis.breaker
         self._client = self._redis.client
         self._indexes: dict[int, str] = {}  # vector size -> index name, once created
         self._lock = threading.Lock()
+        self._put_script = self._client.register_script(_PUT)
+        self._hits_script = self._client.register_script(_HITS)
+        self._delete_script = self._client.register_script(_DELETE)
+        self._count_lock = threading.Lock()
         self._evictions = 0
+        self.tenant_evictions = 0
         self._pending_hits: list[tuple[str, float]] = []
         self._hits_lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # a put waits for hits being written: eviction must see them
         self._hits_ready = threading.Event()
         self._flusher: threading.Thread | None = None
         self.skipped_entries = 0
@@ -95,6 +180,10 @@ class RedisStore:
     def __len__(self) -> int:
         return int(self._run(lambda: self._client.zcard(self._lru), 0))
 
+    def tenant_len(self, tenant: str | None) -> int:
+        """How many entries ``tenant`` has ranked (None and "" are the same tenant)."""
+        return int(self._run(lambda: self._client.zcard(self._tenant_key(tenant)), 0))
+
     def get_exact(self, scope: str, exact_key: str, now: float) -> CacheEntry | None:
         raw: Any = self._run(lambda: self._client.hgetall(self._key(exact_key)), None)
         return self._entry_or_none(raw, exact_key, scope, now)
@@ -113,26 +202,13 @@ class RedisStore:
         return self._run(go, [])
 
     def put(self, entry: CacheEntry) -> None:
-        key, mapping = self._mapping(entry)
+        keys, args = self._put_call(entry)
         self.flush()  # recency first, so that eviction below sees it
 
         def go() -> None:
             if entry.vector is not None:
                 self._index_name(int(entry.vector.shape[0]))
-            pipe = self._client.pipeline(transaction=True)
-            pipe.delete(key)
-            pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
-            if entry.expires_at is not None:
-                pipe.pexpireat(key, int(entry.expires_at * 1000))
-            pipe.zadd(self._lru, {key: entry.last_used or entry.created_at})
-            pipe.zcard(self._lru)
-            size = pipe.execute()[-1]
-            if size > self.max_entries:
-                oldest: Any = self._client.zpopmin(self._lru, size - self.max_entries)
-                victims = [member for member, _ in oldest]
-                if victims:
-                    self._client.delete(*victims)
-                    self._evictions += len(victims)
+            self._count(self._put_script(keys=keys, args=args))
 
         self._run(go, None)
 
@@ -148,21 +224,15 @@ class RedisStore:
         self._hits_ready.set()
 
     def flush(self) -> None:
-        """Write queued hit counts now (they are otherwise written within about 50 ms)."""
-        with self._hits_lock:
-            pending, self._pending_hits = self._pending_hits, []
-        if not pending:
-            return
-
-        def go() -> None:
-            pipe = self._client.pipeline(transaction=False)
-            for key, now in pending:
-                pipe.hincrby(key, "hits", 1)
-                pipe.hset(key, "last_used", repr(now))
-                pipe.zadd(self._lru, {key: now}, xx=True)
-            pipe.execute()
-
-        self._run(go, None)
+        """Write queued hit counts now (they are otherwise written within about 50 ms); returns
+        once they are written, even when the background writer had already taken them."""
+        with self._flush_lock:
+            with self._hits_lock:
+                pending, self._pending_hits = self._pending_hits, []
+            if not pending:
+                return
+            args = [value for key, now in pending for value in (key, repr(now))]
+            self._run(lambda: self._hits_script(keys=[self._lru, self._owners], args=args), None)
 
     def _flush_hits_loop(self) -> None:
         while True:
@@ -172,20 +242,12 @@ class RedisStore:
             self.flush()
 
     def delete(self, entry_id: str) -> None:
-        key = self._key(entry_id)
-
-        def go() -> None:
-            pipe = self._client.pipeline()
-            pipe.delete(key)
-            pipe.zrem(self._lru, key)
-            pipe.execute()
-
-        self._run(go, None)
+        self._run(lambda: self._delete_script(keys=[self._key(entry_id), self._lru, self._owners]), None)
 
     def clear(self) -> None:
         def go() -> None:
             batch: list[bytes] = []
-            for pattern in (f"{self.prefix}:e:*", f"{self.prefix}:b:*"):
+            for pattern in (f"{self.prefix}:e:*", f"{self.prefix}:b:*", f"{self.prefix}:t:*"):
                 for key in self._client.scan_iter(match=pattern, count=1000):
                     batch.append(key)
                     if len(batch) >= 1000:
@@ -193,7 +255,7 @@ class RedisStore:
                         batch = []
             if batch:
                 self._client.delete(*batch)
-            self._client.delete(self._lru)
+            self._client.delete(self._lru, self._owners)
 
         self._run(go, None)
 
@@ -221,29 +283,17 @@ class RedisStore:
         return await self._arun(go, [])
 
     async def aput(self, entry: CacheEntry) -> None:
-        if self._pending_hits:
+        if self._pending_hits or self._flush_lock.locked():
             await asyncio.to_thread(self.flush)
         vector = entry.vector
         if vector is not None and int(vector.shape[0]) not in self._indexes and self.available:
             await asyncio.to_thread(self._run, lambda: self._index_name(int(vector.shape[0])), None)
         client = self._aclient()
-        key, mapping = self._mapping(entry)
+        keys, args = self._put_call(entry)
+        script = client.register_script(_PUT)  # bound to this loop's client; runs by its digest
 
         async def go() -> None:
-            pipe = client.pipeline(transaction=True)
-            pipe.delete(key)
-            pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
-            if entry.expires_at is not None:
-                pipe.pexpireat(key, int(entry.expires_at * 1000))
-            pipe.zadd(self._lru, {key: entry.last_used or entry.created_at})
-            pipe.zcard(self._lru)
-            size = (await pipe.execute())[-1]
-            if size > self.max_entries:
-                oldest: Any = await client.zpopmin(self._lru, size - self.max_entries)
-                victims = [member for member, _ in oldest]
-                if victims:
-                    await client.delete(*victims)
-                    self._evictions += len(victims)
+            self._count(await script(keys=keys, args=args))
 
         await self._arun(go, None)
 
@@ -376,6 +426,28 @@ class RedisStore:
     # ------------------------------------------------------------------ entries
     def _key(self, exact_key: str) -> str:
         return f"{self.prefix}:e:{exact_key}"
+
+    def _tenant_key(self, tenant: str | None) -> str:
+        """The sorted set of ``tenant``'s entries: named by a digest, never by the name itself."""
+        digest = hashlib.sha256((tenant or "").encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return f"{self.prefix}:t:{digest}"
+
+    def _put_call(self, entry: CacheEntry) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the put script for ``entry``."""
+        key, mapping = self._mapping(entry)
+        keys = [key, self._lru, self._tenant_key(entry.tenant), self._owners]
+        args: list[Any] = [repr(entry.last_used or entry.created_at),
+                           "" if entry.expires_at is None else str(int(entry.expires_at * 1000)),
+                           str(self.max_entries), str(self.max_entries_per_tenant or 0)]
+        for name, value in mapping.items():
+            args += [name, value]
+        return keys, args
+
+    def _count(self, evicted: Any) -> None:
+        by_tenant, in_all = (int(n) for n in evicted)
+        with self._count_lock:
+            self.tenant_evictions += by_tenant
+            self._evictions += by_tenant + in_all
 
     def _mapping(self, entry: CacheEntry) -> tuple[str, dict[str, Any]]:
         mapping: dict[str, Any] = {

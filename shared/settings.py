@@ -28,6 +28,7 @@ from pydantic_settings import (
 
 DEFAULT_CACHE_PATH = Path("~/.cache/thrifty/cache.sqlite3")
 DEFAULT_LEDGER_PATH = Path("~/.cache/thrifty/ledger.jsonl")
+DEFAULT_BATCH_PATH = Path("~/.cache/thrifty/batch.sqlite3")
 
 
 class SettingsError(ValueError):
@@ -89,6 +90,11 @@ class CacheSettings(_Section):
     path: Path = Field(DEFAULT_CACHE_PATH, description="file of the embedded store")
     redis_url: str | None = Field(None, description="Redis for the cache only; default: redis.url")
     max_entries: int = Field(100_000, ge=1)
+    max_entries_per_tenant: int | None = Field(
+        None, ge=1, description="at most this many entries of one tenant in the store: past it, that tenant's "
+        "least recently used entries are evicted, never another tenant's (requests naming no tenant count as "
+        "one tenant). Set it when tenants share a store, so that one cannot push the others' entries out (they "
+        "then go only past max_entries in all); None: only max_entries bounds a tenant, right for one tenant")
     max_answer_bytes: int | None = Field(
         1_000_000, ge=1, description="an answer larger than this (its JSON, in UTF-8 bytes) is not stored: "
         "one response cannot fill the shared store; None: no limit")
@@ -196,6 +202,8 @@ class TierSettings(_Section):
 
     name: str = Field(min_length=1)
     model: str = Field(min_length=1, description="the model name the call is made with")
+    prompt_cache: Literal["auto", "off"] | None = Field(
+        None, description="ask this tier's provider to cache the prompt's stable prefix; None: prompt_cache.mode")
 
 
 class RouterSettings(_Section):
@@ -255,6 +263,24 @@ class ModelPrice(_Section):
 
     input_per_token: float = Field(ge=0)
     output_per_token: float = Field(ge=0)
+    cached_input_per_token: float | None = Field(
+        None, ge=0, description="an input token read from the provider's prompt cache; None: input_per_token")
+    cache_write_per_token: float | None = Field(
+        None, ge=0, description="an input token written to the provider's prompt cache (Anthropic's cache "
+        "creation); None: input_per_token")
+
+
+class PromptCacheSettings(_Section):
+    """The providers' own prompt caches (:mod:`thrifty.prompt_cache`). OpenAI, DeepSeek and recent
+    Gemini models cache long prompt prefixes by themselves; Anthropic's Claude (on Anthropic,
+    Bedrock, Vertex AI and Azure AI) caches only where the request marks it with ``cache_control``,
+    which LiteLLM adds when a call asks for it (``enable_prompt_caching``)."""
+
+    mode: Literal["auto", "off"] = Field(
+        "auto", description="auto: ask LiteLLM to mark the stable prefix (system prompt, tools, earlier turns) "
+        "for providers that need the marks, on every call thrifty lets through, unless the call says "
+        "otherwise (enable_prompt_caching, or its own cache_control marks); off: leave calls as they are. "
+        "A tier's prompt_cache overrides it")
 
 
 class LedgerSettings(_Section):
@@ -262,6 +288,26 @@ class LedgerSettings(_Section):
 
     path: Path | None = Field(DEFAULT_LEDGER_PATH, description="JSON-lines file that `thrifty report` reads "
                               "(by default beside the default cache); None keeps the ledger in memory only")
+
+
+class BatchSettings(_Section):
+    """The batch lane: requests that can wait, sent through the provider's batch API at its batch
+    price (:mod:`thrifty.batch_queue`, :mod:`thrifty.batch_lane`)."""
+
+    path: Path | None = Field(DEFAULT_BATCH_PATH, description="SQLite file of the durable queue of deferred "
+                              "requests (beside the default cache); None keeps the queue in memory only, and a "
+                              "crash loses it")
+    max_batch_size: int = Field(1000, ge=1, le=50_000, description="a batch is sent as soon as this many "
+                                "requests are queued (OpenAI takes at most 50,000 per batch)")
+    max_wait_seconds: float = Field(60.0, gt=0, description="a batch is sent when its oldest queued request "
+                                    "has waited this long, however few are queued")
+    poll_seconds: float = Field(30.0, gt=0, description="seconds between looks at the batches in progress")
+    completion_window: Literal["24h"] = Field("24h", description="the provider's completion window")
+    max_attempts: int = Field(3, ge=1, description="submissions of one request whose batches failed, expired or "
+                              "were cancelled, before it fails")
+    keep_delivered_seconds: float | None = Field(
+        7 * 24 * 3600, gt=0, description="delivered results are kept this long for `result(request_id)` after "
+        "a restart; None: until forgotten")
 
 
 _YAML_FILE: ContextVar[tuple[Path, str] | None] = ContextVar("thrifty_yaml_file", default=None)
@@ -284,7 +330,9 @@ class ThriftySettings(BaseSettings):
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     router: RouterSettings = Field(default_factory=RouterSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    prompt_cache: PromptCacheSettings = Field(default_factory=PromptCacheSettings)
     prices: dict[str, ModelPrice] = Field(default_factory=dict, description="model -> price override")
+    batch: BatchSettings = Field(default_factory=BatchSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -2,7 +2,10 @@
 
 The cache decides; a store keeps entries and finds them. Two lookups are all it needs: by exact
 key within a scope, and by vector similarity within a scope. A store never returns an entry from
-another scope and never returns an expired entry.
+another scope and never returns an expired entry. A store is bounded twice: ``max_entries`` in all,
+and ``max_entries_per_tenant`` for any one tenant (an entry's ``tenant``; entries with none count as
+one tenant). Past either bound it evicts least recently used entries - past a tenant's bound, only
+that tenant's, so that one tenant cannot push another's entries out.
 
 Implementations: :class:`thrifty.embedded_store.EmbeddedStore` (in-process, persisted to a local
 file, the default) and :class:`thrifty.redis_store.RedisStore` (shared through Redis). Every
@@ -63,7 +66,7 @@ class Store(Protocol):
 
     @property
     def evictions(self) -> int:
-        """Entries removed to respect the size bound since the store was opened."""
+        """Entries removed to respect the size bounds (in all and per tenant) since the store was opened."""
         ...
 
     @property
@@ -118,7 +121,9 @@ def make_store(settings: ThriftySettings) -> Store:
     if cs.backend == "redis":
         from .redis_store import RedisStore
 
-        return RedisStore(settings.redis_url_for("cache"), settings=settings.redis, max_entries=cs.max_entries)
+        return RedisStore(settings.redis_url_for("cache"), settings=settings.redis, max_entries=cs.max_entries,
+                          max_entries_per_tenant=cs.max_entries_per_tenant)
     from .embedded_store import EmbeddedStore
 
-    return EmbeddedStore(None if cs.backend == "memory" else cs.path, max_entries=cs.max_entries)
+    return EmbeddedStore(None if cs.backend == "memory" else cs.path, max_entries=cs.max_entries,
+                         max_entries_per_tenant=cs.max_entries_per_tenant)

@@ -167,7 +167,8 @@ def make_cache(embedder: Any, *, path: Path | None = None, clock: Any = None, ve
                **settings: Any) -> SemanticCache:
     """A cache on the real embedder and an in-memory store (or the embedded store at ``path``)."""
     config = memory_settings(**settings)
-    store = EmbeddedStore(path, max_entries=config.cache.max_entries) if path is not None else None
+    store = EmbeddedStore(path, max_entries=config.cache.max_entries,
+                          max_entries_per_tenant=config.cache.max_entries_per_tenant) if path is not None else None
     kwargs: dict[str, Any] = {"store": store, "embedder": embedder, "verifier": verifier}
     if clock is not None:
         kwargs["clock"] = clock
