@@ -204,9 +204,13 @@ def completion_of(message: AIMessage, *, model: str | None, extra: Mapping[str, 
     answer: dict[str, Any] = {"message": dumpd(_clean(message))}
     if extra:
         answer.update(extra)
+    # langchain-core's UsageMetadata: input_tokens counts the cache reads and writes among them
+    details: Mapping[str, Any] = usage.get("input_token_details") or {}
     return Completion(answer=answer, text=text, finish_reason=str(finish), has_tool_calls=bool(message.tool_calls),
                       model=metadata.get("model_name") or model, prompt_tokens=int(usage.get("input_tokens") or 0),
-                      completion_tokens=int(usage.get("output_tokens") or 0))
+                      completion_tokens=int(usage.get("output_tokens") or 0),
+                      cached_tokens=int(details.get("cache_read") or 0),
+                      cache_write_tokens=int(details.get("cache_creation") or 0))
 
 
 def completion_of_generations(generations: Sequence[Generation], *, model: str | None) -> Completion | None:

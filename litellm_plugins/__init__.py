@@ -7,6 +7,9 @@ or ``litellm.callbacks.append(litellm_plugins.ThriftyCallback(...))``; for a Rou
 group of tiers, ``router.set_custom_routing_strategy(litellm_plugins.CostAwareRouting(router))``;
 for the proxy, ``litellm_settings: {callbacks: ["litellm_plugins.proxy_handler"]}``.
 
+Work that can wait, at the provider's batch price: ``lane = litellm_plugins.BatchLane(api_base=...,
+api_key=...)``, then ``await lane.defer(**acompletion_kwargs)`` (:mod:`litellm_plugins.batch`).
+
 A wrong answer: ``litellm_plugins.report_wrong(kwargs)`` with the kwargs of the call that got it
 (or the call again with ``metadata={"thrifty_report_wrong": True}``, which also answers it afresh;
 through the proxy, the only way, and the report is the caller's own tenant's).
@@ -27,6 +30,8 @@ from .callback import ThriftyCache, ThriftyCallback
 from .errors import BudgetExceededError, CallAbandoned
 
 __all__ = [
+    "BatchLane",
+    "BatchLineFailed",
     "BudgetExceededError",
     "CallAbandoned",
     "CostAwareRouting",
@@ -94,6 +99,10 @@ def uninstall() -> None:
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("BatchLane", "BatchLineFailed"):
+        from . import batch
+
+        return getattr(batch, name)
     if name == "CostAwareRouting":
         from .routing import CostAwareRouting
 

@@ -79,6 +79,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from thrifty import BudgetExceeded, Completion, Reused, Thrifty, ThriftySettings, Ticket, UpstreamError
 from thrifty.log_once import LogOnce
 from thrifty.plan import Plan, arun, run
+from thrifty.prompt_cache import asks_prompt_cache
 from thrifty.reports import Reported
 from thrifty.router import Validator
 
@@ -338,7 +339,11 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
     def apply(self, state: CallState, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Carry the decision into the call's kwargs: a reused answer must be looked up (the
         Router passes ``caching=False`` unless told otherwise), a routed call goes to its tier,
-        and a stream reports its usage (LiteLLM prices a stream without it at 0)."""
+        a stream reports its usage (LiteLLM prices a stream without it at 0), and a call that
+        goes upstream asks for the provider's prompt cache where the settings say so
+        (:func:`thrifty.prompt_cache.asks_prompt_cache`: LiteLLM's ``enable_prompt_caching``,
+        which marks the prefix for Claude and leaves other providers' requests as they are; read
+        by ``acompletion`` after this hook, ``litellm/main.py``)."""
         decision = state.decision
         if isinstance(decision, Reused):
             kwargs["caching"] = True
@@ -350,6 +355,8 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
                 kwargs["custom_llm_provider"] = _provider(decision.model)
             if kwargs.get("stream"):
                 kwargs["stream_options"] = {**(kwargs.get("stream_options") or {}), "include_usage": True}
+            if "enable_prompt_caching" not in kwargs and asks_prompt_cache(self.gate.settings, kwargs.get("model")):
+                kwargs["enable_prompt_caching"] = True
         return kwargs
 
     # ------------------------------------------------------------------ LiteLLM's cache lookup

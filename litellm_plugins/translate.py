@@ -109,8 +109,23 @@ def completion_of(response: Any, *, model: str | None = None, cost: float | None
         answer=data, text=content or "", finish_reason=first.get("finish_reason"),
         complete=first.get("finish_reason") is not None,
         has_tool_calls=bool(message.get("tool_calls") or message.get("function_call")),
-        model=data.get("model") or model, prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0), cost=cost)
+        model=data.get("model") or model, prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")), cost=cost,
+        cached_tokens=cached_tokens_of(usage), cache_write_tokens=_count(usage.get("cache_creation_input_tokens")))
+
+
+def cached_tokens_of(usage: Mapping[str, Any]) -> int:
+    """Input tokens the provider read from its prompt cache, from LiteLLM's usage: OpenAI's
+    ``prompt_tokens_details.cached_tokens`` (LiteLLM fills it for Anthropic and the others too),
+    else Anthropic's ``cache_read_input_tokens``. LiteLLM counts both among ``prompt_tokens``
+    (``litellm/llms/anthropic/chat/transformation.py``, ``calculate_usage``)."""
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    return _count(cached if cached is not None else usage.get("cache_read_input_tokens"))
+
+
+def _count(value: Any) -> int:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0
 
 
 def decision_info(decision: Reused | Ticket | None) -> dict[str, Any]:

@@ -25,12 +25,17 @@ from .request import CanonicalRequest
 
 
 class CallBooks:
-    """Prices, budgets and the ledger of one gate. Thread-safe (each part is)."""
+    """Prices, budgets and the ledger of one gate. Thread-safe (each part is).
 
-    def __init__(self, prices: PriceTable, budget: Budget, ledger: Ledger) -> None:
+    ``lane`` names a lane calls go through other than the synchronous one (``"batch"``: the
+    batch lane's books, at batch prices): every call these books record says so in its
+    ``detail`` (``"batch"``, or ``"batch: <detail>"``)."""
+
+    def __init__(self, prices: PriceTable, budget: Budget, ledger: Ledger, *, lane: str | None = None) -> None:
         self.prices = prices
         self.budget = budget
         self.ledger = ledger
+        self.lane = lane
 
     # ------------------------------------------------------------------ calls (thrifty.ticket.Books)
     def reserve(self, request: Mapping[str, Any], canonical: CanonicalRequest,
@@ -48,7 +53,12 @@ class CallBooks:
         if reservation is not None:
             self.budget.settle(reservation, cost)
         self._record(canonical, "call", model=priced.model, prompt_tokens=priced.prompt_tokens,
-                     completion_tokens=priced.completion_tokens, cost=cost, outcome=outcome, detail=detail)
+                     completion_tokens=priced.completion_tokens, cost=cost, outcome=outcome,
+                     detail=self._in_lane(detail),
+                     cached_tokens=priced.cached_tokens,
+                     provider_cache_saved=self.prices.provider_cache_saving(
+                         priced.model, priced.prompt_tokens, cached_tokens=priced.cached_tokens,
+                         cache_write_tokens=priced.cache_write_tokens))
 
     def release(self, reservation: Reservation | None) -> None:
         if reservation is not None:
@@ -56,7 +66,12 @@ class CallBooks:
 
     def record(self, canonical: CanonicalRequest, *, model: str | None, outcome: CallOutcome,
                detail: str = "") -> None:
-        self._record(canonical, "call", model=model, outcome=outcome, detail=detail)
+        self._record(canonical, "call", model=model, outcome=outcome, detail=self._in_lane(detail))
+
+    def _in_lane(self, detail: str) -> str:
+        if self.lane is None:
+            return detail
+        return f"{self.lane}: {detail}" if detail else self.lane
 
     # ------------------------------------------------------------------ calls avoided
     def refused(self, canonical: CanonicalRequest, model: str | None, refusal: BudgetExceeded) -> None:

@@ -263,6 +263,14 @@ class Budget:
             raise BudgetExceeded(charge, spent, reserved, cost)
         return reservation
 
+    def resumed(self, canon: CanonicalRequest, reservation_id: str, amount: float, model: str | None) -> Reservation:
+        """The reservation ``reservation_id`` of ``amount`` that a process made for ``canon`` and
+        did not live to settle (a deferred call, answered after a restart), against the limits
+        that apply now. Settling it counts the cost whatever happened to the reservation, and frees
+        it where it is still held (Redis); in this process's memory it never was, and nothing is
+        freed. Nothing is checked: the call was made."""
+        return Reservation(reservation_id, tuple(self.charges(canon)), amount, model)
+
     def settle(self, reservation: Reservation, actual: float) -> None:
         """The call was made and cost ``actual``: count it, and free what was reserved. Once."""
         if reservation.done:

@@ -209,6 +209,9 @@ def _report(args: argparse.Namespace) -> int:
         print(f"\naudits: {total.audits} calls, ${total.audit_cost:.6f}, {total.audit_disagreements} disagreements")
     if total.reported_wrong:
         print(f"reported wrong: {total.reported_wrong} answers")
+    if total.cached_tokens:
+        print(f"provider's prompt cache: {total.cached_tokens} input tokens read from it, "
+              f"${total.provider_cache_saved:.6f} saved on the calls made")
     print(f"\n{'saved by source':<20}{'$':>14}")
     for source, dollars in sources.as_dict().items():
         print(f"{SOURCE_LABELS[source]:<20}{dollars:>14.6f}")

@@ -17,6 +17,11 @@ class Completion:
     stored. ``model`` is the model that produced it and ``cost`` what it cost in dollars;
     ``cost=None`` means "price it from ``model`` and the token counts" (the gate does, once, when
     it settles the call: :meth:`thrifty.pricing.PriceTable.priced`).
+
+    ``prompt_tokens`` counts every input token, those the provider read from its prompt cache
+    (``cached_tokens``, billed at its cache-read price) and those it wrote to it
+    (``cache_write_tokens``, Anthropic's cache creation, billed at its cache-write price) among
+    them, as LiteLLM's usage does.
     """
 
     answer: Mapping[str, Any]
@@ -29,6 +34,8 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float | None = None
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def tokens(self) -> int:

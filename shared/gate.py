@@ -23,7 +23,8 @@ adapters that see the
 start and the end of a call in separate hooks use ``begin`` / ``abegin`` and the ticket. What a
 reused answer saved, and every call made, is in the ledger (:class:`thrifty.ledger.Ledger`).
 ``report_wrong`` takes the application's word that an answer it was served was wrong
-(:mod:`thrifty.reports`).
+(:mod:`thrifty.reports`). ``defer`` / ``adefer`` decide for a request that can wait (the batch
+lane, :mod:`thrifty.batch_lane`): steps 2 and 3, then a ticket at the batch price.
 
 What is joined and what never is:
 
@@ -46,6 +47,7 @@ What is joined and what never is:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import threading
 import time
@@ -67,7 +69,7 @@ from .plan import Plan, arun, run
 from .pricing import PriceTable
 from .reports import Reported, Reporter, Served, ServedMemory
 from .request import CanonicalRequest, InvalidRequest, canonicalize
-from .router import Route, Router, Validator
+from .router import Route, Router, Tier, Validator
 from .scoring import Features
 from .settings import ThriftySettings
 from .singleflight import Flight, FlightTable
@@ -173,6 +175,10 @@ class Thrifty:
         self.cache = SemanticCache(settings, embedder=self.embedder, store=store, verifier=self.verifier, clock=clock)
         self.budget = Budget(settings.budget, self.prices, store=make_budget_store(settings))
         self.books = CallBooks(self.prices, self.budget, self.ledger)
+        # the batch lane's books: batch prices, the same budgets' store, the same ledger
+        batch_prices = self.prices.batch()
+        self.batch_books = CallBooks(batch_prices, Budget(settings.budget, batch_prices, store=self.budget.store),
+                                     self.ledger, lane="batch")
         self.local_flights: FlightTable[Completion] = FlightTable()  # this process's callers
         self.flights: Flights = make_flights(settings)  # across processes
         self.near = NearDuplicateFlights(self.verifier, settings.cache.search_floor)
@@ -258,6 +264,51 @@ class Thrifty:
                 return fallback
             if not await decision.aanswered(completion):
                 return completion
+
+    def defer(self, request: Mapping[str, Any]) -> Reused | Ticket:
+        """Before a call that can wait (the batch lane, :mod:`thrifty.batch_lane`): a reusable
+        answer - stored, or of an identical call in flight in this process (joined as a follower;
+        a deferred request never leads a flight, since its answer may take hours) - or a ticket
+        with ``why="deferred"`` whose books are the batch lane's: routed as any call, its worst
+        case reserved, and later priced, settled and recorded, at the batch price.
+
+        The ticket's caller sends the call in a batch and ends the ticket with the answer
+        (``complete`` / ``fail``); the answer is then stored like any other.
+
+        Raises:
+            BudgetExceeded: a budget refuses the call even at the batch price.
+            InvalidRequest: ``request`` is not a mapping.
+            UpstreamError: the call it joined failed deterministically.
+        """
+        return run(self._defer_plan(request), self._perform)
+
+    async def adefer(self, request: Mapping[str, Any]) -> Reused | Ticket:
+        """Async twin of :meth:`defer`."""
+        return await arun(self._defer_plan(request), self._aperform)
+
+    def resumed(self, request: Mapping[str, Any], *, model: str | None = None, tier: str | None = None,
+                reservation_id: str | None = None, reserved: float = 0.0,
+                keys: tuple[str, str] | None = None) -> Ticket:
+        """A ticket for a deferred call that a process sent and did not live to end: its answer
+        arrived after a restart. No lookup, no join, nothing reserved: the call was made on
+        ``model`` (``tier``: the router's tier it was routed to), and the reservation
+        ``reservation_id`` of ``reserved`` dollars made for it is settled to its cost at the batch
+        price (see :meth:`thrifty.budget.Budget.resumed`). ``keys``: the (scope, exact key) the
+        request had when it was deferred, which its answer is stored under."""
+        canon = canonicalize(request, self.settings)
+        if keys is not None:
+            canon = dataclasses.replace(canon, scope=keys[0], exact_key=keys[1])
+        ticket = Ticket(request, canon, why="resumed", books=self.batch_books, cache=self.cache)
+        if model is not None and model != request.get("model"):
+            ticket.route = Route(Tier(tier or model, model), None, "override")
+        if reservation_id is not None and self.budget.active:
+            ticket.reservation = self.batch_books.budget.resumed(canon, reservation_id, reserved, ticket.model)
+        return ticket
+
+    def why_alone(self, canonical: CanonicalRequest, request: Mapping[str, Any]) -> str | None:
+        """Why ``request`` must have a call of its own, never sharing an identical request's
+        (``n > 1``, ``no_cache``, dedup off, ...); None when it may share one."""
+        return self._never_join(canonical, request)
 
     def lookup(self, request: Mapping[str, Any]) -> Reused | None:
         """A stored answer for ``request``, and nothing else: no join, no routing, no budget.
@@ -438,6 +489,23 @@ class Thrifty:
                 ticket.abandon()  # no call will be made: each follower tries for itself
                 raise
 
+    def _defer_plan(self, request: Mapping[str, Any]) -> Plan[Reused | Ticket]:
+        canon = canonicalize(request, self.settings)
+        found: Lookup = yield _Lookup(canon)
+        reused = self._reused(canon, found)
+        if reused is not None:
+            return reused
+        flight = self.local_flights.join(canon.exact_key) if self._never_join(canon, request) is None else None
+        if flight is not None:
+            status, value = yield _Wait(flight, self.clock() + min(self.settings.dedup.max_wait,
+                                                                   canon.timeout or math.inf))
+            if status == "ok":
+                return self._joined(canon, value)
+            if status == "error" and is_deterministic(value):
+                raise value
+        ticket = Ticket(request, canon, why="deferred", books=self.batch_books, cache=self.cache, lookup=found)
+        return (yield from self._prepared(ticket, found.vector))
+
     def _ticket(self, request: Mapping[str, Any], canon: CanonicalRequest, why: str, found: Lookup,
                 leading: Leading | None = None) -> Ticket:
         return Ticket(request, canon, why=why, books=self.books, cache=self.cache, lookup=found, leading=leading)
@@ -522,13 +590,13 @@ class Thrifty:
         """The worst case of the ticket's tier; under a ``downgrade`` policy, of the first cheaper
         tier that fits (the route then says ``budget``)."""
         try:
-            return self.books.reserve(ticket.request, ticket.canonical, ticket.model)
+            return ticket.books.reserve(ticket.request, ticket.canonical, ticket.model)
         except BudgetExceeded as refused:
             if refused.policy != "downgrade" or ticket.router is None or ticket.route.tier is None:
                 raise
             for tier in ticket.router.cheaper(ticket.route.tier)[1:]:
                 try:
-                    reservation = self.books.reserve(ticket.request, ticket.canonical, tier.model)
+                    reservation = ticket.books.reserve(ticket.request, ticket.canonical, tier.model)
                 except BudgetExceeded:
                     continue
                 ticket.route = Route(tier, ticket.route.score, "budget")

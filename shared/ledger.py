@@ -7,7 +7,9 @@ Each :class:`LedgerEvent` is one decision:
   the last tier: handed on, not stored), ``escalated`` (it failed validation and was retried on
   the next tier; ``detail`` says why and where) or ``failed`` (the upstream raised; nothing is
   billed). ``cost`` is exactly what was settled against the budgets, so the ledger's spend and
-  the budgets' books agree;
+  the budgets' books agree; ``cached_tokens`` of its input tokens were read from the provider's
+  prompt cache, which saved ``provider_cache_saved`` dollars on them (negative when writing to
+  the cache cost more than it read back);
 * ``cache_hit``: answered from the cache; ``joined``: waited for an identical call in flight and
   shared its answer (both with what they saved);
 * ``refused``: a near duplicate the verifier would not reuse;
@@ -64,6 +66,8 @@ class LedgerEvent:
     outcome: str = ""
     detail: str = ""
     at: float = field(default_factory=time.time)
+    cached_tokens: int = 0
+    provider_cache_saved: float = 0.0
 
 
 @dataclass
@@ -71,7 +75,9 @@ class Totals:
     """Sums over a set of events. ``calls`` counts every upstream call (``escalations``,
     ``rejected`` and ``failed`` among them) and ``cost`` what they cost. Audits are apart:
     ``audits`` calls costing ``audit_cost``, ``audit_disagreements`` of them disagreeing;
-    ``reported_wrong`` counts the application's reports."""
+    ``reported_wrong`` counts the application's reports. ``cached_tokens`` of the calls' input
+    tokens were read from the provider's prompt cache, saving ``provider_cache_saved`` dollars
+    (already out of ``cost``; not in ``saved``, which counts calls thrifty avoided)."""
 
     calls: int = 0
     hits: int = 0
@@ -89,12 +95,16 @@ class Totals:
     audit_cost: float = 0.0
     audit_disagreements: int = 0
     reported_wrong: int = 0
+    cached_tokens: int = 0
+    provider_cache_saved: float = 0.0
 
     def add(self, event: LedgerEvent) -> None:
         if event.kind == "call":
             self.calls += 1
             self.tokens += event.prompt_tokens + event.completion_tokens
             self.cost += event.cost
+            self.cached_tokens += event.cached_tokens
+            self.provider_cache_saved += event.provider_cache_saved
             if event.outcome == "escalated":
                 self.escalations += 1
             elif event.outcome == "rejected":

@@ -1,6 +1,6 @@
 """Where the savings came from, from a ledger's events.
 
-Five sources, in dollars:
+Six sources, in dollars:
 
 * ``exact``: cache hits on the exact tier (``cache_hit`` events whose ``detail``, the lookup's
   reason, is not ``semantic:...``), what each hit saved;
@@ -10,7 +10,10 @@ Five sources, in dollars:
   what the reference model would have cost for the same tokens minus what the call cost, net of
   what the calls escalated from those cheaper models cost (they were spent because of routing);
 * ``budget``: calls a budget refused, at their estimated cost (money not spent, not an answer
-  served: the report names it apart).
+  served: the report names it apart);
+* ``provider_cache``: what the provider's own prompt cache saved on the calls made (their
+  ``provider_cache_saved``: input tokens read from it at its cache-read price), beside thrifty's
+  own savings. A routed call's saving is counted at uncached prices, so the two add up.
 
 The reference model is the one given, else the most expensive model (dollars per input plus
 output token) among the calls, priced with :class:`~thrifty.pricing.PriceTable`.
@@ -24,9 +27,10 @@ from dataclasses import dataclass
 from .ledger import LedgerEvent
 from .pricing import PriceTable
 
-SOURCES = ("exact", "semantic", "joined", "routed", "budget")
+SOURCES = ("exact", "semantic", "joined", "routed", "budget", "provider_cache")
 SOURCE_LABELS = {"exact": "exact cache hits", "semantic": "semantic cache hits", "joined": "joined calls",
-                 "routed": "routed cheaper", "budget": "refused by budget"}
+                 "routed": "routed cheaper", "budget": "refused by budget",
+                 "provider_cache": "provider's prompt cache"}
 
 
 @dataclass(frozen=True)
@@ -38,12 +42,13 @@ class SavingsBySource:
     joined: float = 0.0
     routed: float = 0.0
     budget: float = 0.0
+    provider_cache: float = 0.0
     counts: tuple[tuple[str, int], ...] = ()
     reference_model: str | None = None
 
     @property
     def total(self) -> float:
-        return self.exact + self.semantic + self.joined + self.routed + self.budget
+        return sum(self.as_dict().values())
 
     def as_dict(self) -> dict[str, float]:
         """Source -> dollars, in :data:`SOURCES` order."""
@@ -75,16 +80,18 @@ def routing_saving(event: LedgerEvent, reference: str | None, prices: PriceTable
         return -event.cost
     if event.outcome not in ("ok", ""):
         return 0.0
-    return prices.cost(reference, event.prompt_tokens, event.completion_tokens) - event.cost
+    return prices.cost(reference, event.prompt_tokens, event.completion_tokens) - \
+        (event.cost + event.provider_cache_saved)
 
 
 def saving_of(event: LedgerEvent, reference: str | None, prices: PriceTable) -> float:
-    """What one event saved, from whichever source it belongs to."""
+    """What one event saved, from whichever sources it belongs to."""
     if event.kind in ("cache_hit", "joined"):
         return event.saved
     if event.kind == "budget_refused":
         return event.cost
-    return routing_saving(event, reference, prices)
+    provider_cache = event.provider_cache_saved if event.kind == "call" else 0.0
+    return routing_saving(event, reference, prices) + provider_cache
 
 
 def savings_by_source(events: Sequence[LedgerEvent], *, prices: PriceTable | None = None,
@@ -96,14 +103,21 @@ def savings_by_source(events: Sequence[LedgerEvent], *, prices: PriceTable | Non
     counts = dict.fromkeys(SOURCES, 0)
     for event in events:
         source = source_of(event, reference, prices)
-        if source is not None:
+        if source == "routed":
+            dollars[source] += routing_saving(event, reference, prices)
+            counts[source] += 1
+        elif source is not None:
             dollars[source] += saving_of(event, reference, prices)
             counts[source] += 1
+        if event.kind == "call" and event.provider_cache_saved:
+            dollars["provider_cache"] += event.provider_cache_saved
+            counts["provider_cache"] += 1
     return SavingsBySource(**dollars, counts=tuple(counts.items()), reference_model=reference)
 
 
 def source_of(event: LedgerEvent, reference: str | None, prices: PriceTable) -> str | None:
-    """The source ``event`` counts toward, or None."""
+    """The thrifty source ``event`` counts toward, or None (a call's ``provider_cache`` saving
+    counts apart, whatever this says)."""
     if event.kind == "cache_hit":
         return "semantic" if event.detail.startswith("semantic") else "exact"
     if event.kind == "joined":

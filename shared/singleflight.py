@@ -159,6 +159,17 @@ class FlightTable(Generic[T]):
             self._flights[key] = (leader, 0)
             return leader
 
+    def join(self, key: Hashable) -> Flight[T] | None:
+        """A follower's view of the flight in progress for ``key``, or None when there is none:
+        unlike :meth:`claim`, never leads one (a caller that will not make the call itself now)."""
+        with self._lock:
+            current = self._flights.get(key)
+            if current is None or current[0]._outcome.failed():
+                return None
+            leading, followers = current
+            self._flights[key] = (leading, followers + 1)
+            return Flight(key, leader=False, outcome=leading._outcome, done=lambda: None)
+
     def followers(self, key: Hashable) -> int:
         """How many callers joined the flight in progress for ``key`` (0 when there is none)."""
         with self._lock:

@@ -25,11 +25,17 @@ model's answer to a hard task fails). Directives in the last user message change
   its arguments ``{"query": <question>}``.
 
 A request with ``response_format`` of type ``json_object`` or ``json_schema`` gets the answer as
-``{"answer": "..."}``. ``GET /stats`` returns ``{"calls": n, "by_model": {...}, "max_in_flight": m,
-"held": {name: n}, "prompt_tokens": p, "completion_tokens": c, "tokens_by_model": {...}}`` (the
-most requests it was answering at once, the requests waiting for each release, the tokens it
-billed, in all and per model);
-``POST /stats/reset`` zeroes them.
+``{"answer": "..."}``. A prompt that begins as an earlier one did is partly read from the
+provider's prompt cache, as OpenAI's automatic prompt caching does
+(:mod:`thrifty.standin_prompt_cache`; ``StandIn(prompt_cache=False)`` turns it off): its
+``usage.prompt_tokens_details.cached_tokens`` says how many prompt tokens. ``GET /stats`` returns
+``{"calls": n, "by_model": {...}, "max_in_flight": m, "held": {name: n}, "prompt_tokens": p,
+"completion_tokens": c, "cached_tokens": r, "tokens_by_model": {...}}`` (the most requests it was
+answering at once, the requests waiting for each release, the tokens it billed, in all and per
+model);
+``POST /stats/reset`` zeroes them. ``POST /v1/messages`` answers as Anthropic's Messages API, with
+its explicit prompt caching (:mod:`thrifty.standin_anthropic`). The files and batches endpoints of
+OpenAI's Batch API are :mod:`thrifty.standin_batches` (their counts in ``stats()["batch"]``).
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
+
+from .standin_anthropic import add_routes as add_anthropic_routes
+from .standin_prompt_cache import PromptCache, prompt_text
 
 _DIRECTIVE = re.compile(r"\[(refuse-if|status|delay|hold|cut|tool):([^\]]+)\]")
 REFUSAL = "I'm sorry, I can't help with that."
@@ -76,8 +85,7 @@ def tokens(text: str) -> int:
 
 def prompt_tokens(messages: Any) -> int:
     """The stand-in's token count of a request's messages (their contents, joined)."""
-    listed = messages if isinstance(messages, list) else []
-    return tokens(" ".join(str(m.get("content") or "") for m in listed if isinstance(m, dict)))
+    return tokens(prompt_text(messages))
 
 
 def last_user_text(messages: Any) -> str:
@@ -114,8 +122,9 @@ def as_json_if_asked(body: Mapping[str, Any], answer: str) -> str:
 class StandIn:
     """One stand-in provider: its counters, its held requests and, optionally, its :class:`World`."""
 
-    def __init__(self, world: World | None = None) -> None:
+    def __init__(self, world: World | None = None, *, prompt_cache: bool = True) -> None:
         self.world = world
+        self.prompt_cache = PromptCache() if prompt_cache else None
         self.calls: Counter[str] = Counter()
         self.billed: dict[str, Counter[str]] = {}  # model -> prompt_tokens, completion_tokens
         self.in_flight = 0
@@ -123,6 +132,9 @@ class StandIn:
         self.held: Counter[str] = Counter()
         self._releases: dict[str, asyncio.Event] = {}
         self._runner: web.AppRunner | None = None
+        from .standin_batches import BatchDesk
+
+        self.batch_desk = BatchDesk(self)  # files and batches: thrifty.standin_batches
 
     # ------------------------------------------------------------------ serving
     def app(self) -> web.Application:
@@ -132,6 +144,8 @@ class StandIn:
         app.router.add_get("/stats", self._stats)
         app.router.add_post("/stats/reset", self._reset)
         app.router.add_post("/release/{name}", self._release_route)
+        self.batch_desk.add_routes(app)
+        add_anthropic_routes(app, self)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -160,12 +174,15 @@ class StandIn:
                 "held": {name: n for name, n in self.held.items() if n},
                 "prompt_tokens": sum(c["prompt_tokens"] for c in self.billed.values()),
                 "completion_tokens": sum(c["completion_tokens"] for c in self.billed.values()),
-                "tokens_by_model": {model: dict(c) for model, c in self.billed.items()}}
+                "cached_tokens": sum(c["cached_tokens"] for c in self.billed.values()),
+                "tokens_by_model": {model: dict(c) for model, c in self.billed.items()},
+                "batch": self.batch_desk.stats()}
 
     def reset(self) -> None:
         self.calls.clear()
         self.billed.clear()
         self.max_in_flight = self.in_flight
+        self.batch_desk.reset()
 
     def release(self, name: str) -> None:
         self._releases.setdefault(name, asyncio.Event()).set()
@@ -220,13 +237,17 @@ class StandIn:
                                                  "code": str(status)}}, status=status)
         if scripted is not None:
             answer = scripted.text
-            usage = {"prompt_tokens": scripted.prompt_tokens, "completion_tokens": scripted.completion_tokens}
+            usage: dict[str, Any] = {"prompt_tokens": scripted.prompt_tokens,
+                                     "completion_tokens": scripted.completion_tokens}
         else:
             answer = as_json_if_asked(body, answer)
             usage = {"prompt_tokens": prompt_tokens(body.get("messages")), "completion_tokens": tokens(answer)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        cached = self.prompt_cache.read(body, model, usage["prompt_tokens"]) if self.prompt_cache else 0
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
         self.billed.setdefault(model, Counter()).update(
-            {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]})
+            {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
+             "cached_tokens": cached})
         ident = f"chatcmpl-standin{self.calls.total()}"
         created = int(time.time())
         tool = directives.get("tool")
@@ -249,7 +270,7 @@ class StandIn:
         return await self._stream(request, body, model, answer, usage, ident, created, directives)
 
     async def _stream(self, request: web.Request, body: dict[str, Any], model: str, answer: str,
-                      usage: dict[str, int], ident: str, created: int,
+                      usage: dict[str, Any], ident: str, created: int,
                       directives: dict[str, str]) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)

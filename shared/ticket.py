@@ -129,7 +129,8 @@ class Ticket:
         canonical: the same request canonicalised (scope, keys, owners).
         why: why this caller calls: "leader" (others may be waiting for its answer),
             "not_cacheable", "deadline" (it stopped waiting for a leader), "several_samples",
-            "no_cache", "dedup_disabled", "varied_samples".
+            "no_cache", "dedup_disabled", "varied_samples"; "deferred": it goes through the batch
+            lane (:meth:`thrifty.Thrifty.adefer`), "resumed": a deferred call made before a restart.
         route: the router's pick (``route.tier`` is None when the request is not routed).
         reservation: the worst case reserved against the budgets, if any apply.
         escalations: why each answer so far failed validation.
@@ -157,6 +158,12 @@ class Ticket:
     def done(self) -> bool:
         """Whether the ticket was completed, failed or abandoned."""
         return self._ended
+
+    @property
+    def books(self) -> Books:
+        """The books the call is reserved, priced, settled and recorded in (the batch lane's, at
+        batch prices, for a deferred call)."""
+        return self._books
 
     @property
     def leader(self) -> bool:

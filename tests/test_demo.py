@@ -131,6 +131,21 @@ def test_demo_writes_the_ledger_and_the_report(demo_run: tuple[dict[str, Any], P
     assert "<svg" in report.read_text() and "thrifty: + budgets (all parts)" in report.read_text()
 
 
+def test_the_provider_s_prompt_cache_is_billed_and_shown_apart(demo_run: tuple[dict[str, Any], Path]) -> None:
+    numbers, _ = demo_run
+    rows = {row["name"]: row for row in numbers["configurations"]}
+    # the handbook agents' system prompts are read back from the provider's cache in every configuration
+    assert all(row["provider_cache_saved_usd"] > 0 for row in rows.values())
+    events = [json.loads(line) for line in Path(numbers["ledger"]).read_text().splitlines()]
+    calls = [e for e in events if e["kind"] == "call"]
+    assert sum(e["cached_tokens"] for e in calls) > 0
+    # thrifty's ledger books what the provider billed: its prompt-cache saving is the provider's own
+    assert sum(e["provider_cache_saved"] for e in calls) == pytest.approx(
+        rows["thrifty: + budgets (all parts)"]["provider_cache_saved_usd"], rel=1e-6)
+    assert "provider&#x27;s prompt cache" in Path(numbers["report"]).read_text() or \
+        "provider's prompt cache" in Path(numbers["report"]).read_text()
+
+
 def test_demo_rejects_a_workload_of_nothing() -> None:
     result = subprocess.run([sys.executable, "-m", "thrifty.cli", "demo", "--requests", "0"],
                             capture_output=True, text=True, cwd=REPO, timeout=120)

@@ -249,19 +249,31 @@ def print_table(run_: DemoRun, file: Any = None) -> None:
           f"{workload['hard_tasks']} hard tasks (seed {workload['seed']}); "
           "stand-in provider at LiteLLM's list prices\n", file=out)
     width = max(len(r.name) for r in run_.results) + 2 if run_.results else 32
-    head = (f"{'configuration':<{width}}{'calls':>6}{'cost $':>9}{'saved':>7}{'p50 ms':>8}{'p95 ms':>8}"
-            f"{'exact':>6}{'sem.':>5}{'join':>5}{'mini':>6}{'esc.':>5}{'budg.':>6}{'WRONG':>6}{'failed':>7}")
+    head = (f"{'configuration':<{width}}{'calls':>6}{'cost $':>9}{'saved':>7}{'p.cache $':>10}{'p50 ms':>8}"
+            f"{'p95 ms':>8}{'exact':>6}{'sem.':>5}{'join':>5}{'mini':>6}{'esc.':>5}{'budg.':>6}{'WRONG':>6}"
+            f"{'failed':>7}")
     print(head, file=out)
     print("-" * len(head), file=out)
     for r in run_.results:
         mini = r.tier_share.get("gpt-4o-mini", 0.0)
-        print(f"{r.name:<{width}}{r.upstream_calls:>6}{r.cost_usd:>9.4f}{r.saving_pct:>6.1f}%{r.p50_ms:>8.0f}"
+        print(f"{r.name:<{width}}{r.upstream_calls:>6}{r.cost_usd:>9.4f}{r.saving_pct:>6.1f}%"
+              f"{r.provider_cache_saved_usd:>10.4f}{r.p50_ms:>8.0f}"
               f"{r.p95_ms:>8.0f}{r.hits_exact:>6}{r.hits_semantic:>5}{r.joined:>5}{100 * mini:>5.0f}%"
               f"{r.escalations:>5}{r.budget_refusals:>6}{r.wrong_answers:>6}{r.hard_on_failing_tier:>7}", file=out)
-    print("\ncalls: upstream calls; saved: cost saved against the first row; exact/sem./join: answers reused "
+    print("\ncalls: upstream calls; cost: billed by the provider, prompt-cache reads at their price; saved: cost "
+          "saved against the first row; p.cache: what the provider's own prompt cache saved on the calls made "
+          "(automatic, as OpenAI's; not counted in saved); exact/sem./join: answers reused "
           "from the exact tier, the vector tier, a joined call in flight; mini: share of calls on gpt-4o-mini; "
           "esc.: escalations to a higher tier; budg.: budget refusals; WRONG: answers to another question "
           "served; failed: hard tasks answered by a tier that failed them.", file=out)
+    baseline, all_parts = (run_.results[0] if run_.results else None), next(
+        (r for r in run_.results if r.name == ALL_PARTS), None)
+    if baseline is not None and all_parts is not None and baseline.provider_cache_saved_usd > 0:
+        uncached = baseline.cost_usd + baseline.provider_cache_saved_usd
+        print(f"\nprovider's prompt cache: without it, {baseline.name} would have cost ${uncached:.4f}; against "
+              f"that, {all_parts.name} saves {100 * (1 - all_parts.cost_usd / uncached):.1f}% "
+              f"({100 * all_parts.provider_cache_saved_usd / uncached:.1f} points of it by the provider's cache)",
+              file=out)
     for r in run_.results:
         if r.audits:
             share = 100 * r.audit_cost_usd / r.reuse_saved_usd if r.reuse_saved_usd else 0.0

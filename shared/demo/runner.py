@@ -64,7 +64,10 @@ class CallRecord:
 
 @dataclass
 class Result:
-    """What one configuration did. ``cost_usd`` and ``upstream_calls`` are the provider's count."""
+    """What one configuration did. ``cost_usd`` and ``upstream_calls`` are the provider's count;
+    ``cost_usd`` bills input tokens read from the provider's prompt cache at its cache-read price,
+    and ``provider_cache_saved_usd`` is what that saved (the stand-in caches prompt prefixes as
+    OpenAI does, automatically, in every configuration)."""
 
     name: str
     requests: int
@@ -87,6 +90,7 @@ class Result:
     audit_cost_usd: float = 0.0
     audit_disagreements: int = 0
     reuse_saved_usd: float = 0.0  # what cache hits and joined calls saved, by thrifty's ledger
+    provider_cache_saved_usd: float = 0.0  # what the provider's prompt cache saved on the calls made
     planted: bool = False  # run with the verifier's planted mistake
     ledger_path: str | None = None
     records: list[CallRecord] = field(default_factory=list, repr=False)
@@ -249,8 +253,14 @@ async def run(config: Configuration, workload: Workload, world: DemoWorld, *, ag
 def _result(name: str, records: list[CallRecord], stats: dict[str, Any], wall: float,
             ledger_path: Path | None) -> Result:
     prices = PriceTable()
-    cost = sum(prices.cost(model, t.get("prompt_tokens", 0), t.get("completion_tokens", 0))
-               for model, t in stats["tokens_by_model"].items())
+    billed = stats["tokens_by_model"].items()
+    cost = sum(prices.cost(model, t.get("prompt_tokens", 0), t.get("completion_tokens", 0),
+                           cached_tokens=t.get("cached_tokens", 0), cache_write_tokens=t.get("cache_write_tokens", 0))
+               for model, t in billed)
+    provider_cache = sum(prices.provider_cache_saving(model, t.get("prompt_tokens", 0),
+                                                      cached_tokens=t.get("cached_tokens", 0),
+                                                      cache_write_tokens=t.get("cache_write_tokens", 0))
+                         for model, t in billed)
     calls = int(stats["calls"])
     latencies = sorted(r.latency_ms for r in records)
     decisions = Counter((r.decision, r.source) for r in records)
@@ -269,4 +279,5 @@ def _result(name: str, records: list[CallRecord], stats: dict[str, Any], wall: f
         wrong_answers=judgements["wrong"],
         hard_on_failing_tier=sum(1 for r in records if r.judgement == "failed" and r.call.difficulty == "hard"),
         tier_share={model: n / calls for model, n in sorted(stats["by_model"].items())} if calls else {},
-        wall_s=wall, ledger_path=str(ledger_path) if ledger_path else None, records=records)
+        wall_s=wall, ledger_path=str(ledger_path) if ledger_path else None, records=records,
+        provider_cache_saved_usd=provider_cache)

@@ -20,6 +20,10 @@
 * **reply** drafts the answer to the customer (personal: it carries the customer's e-mail and
   is scoped to them), sometimes over two turns ("make it shorter").
 
+The research, fact-checking and reply agents carry the policy handbook in their system prompts
+(about 1,300 tokens, the same in every call), as agents that answer from a handbook do: the
+prefix a provider's prompt cache reads back.
+
 The same wording of an intent recurs across tickets (exact repeats), other wordings say the same
 thing (paraphrases), and near duplicates differ in what matters (another order number, another
 city, the opposite action, another product or plan, another channel): each request carries the
@@ -39,7 +43,7 @@ from typing import Any, Literal
 Difficulty = Literal["easy", "hard"]
 
 AGENTS = ("triage", "tracking", "research", "fact_checker", "summariser", "reply")
-SYSTEM_PROMPTS = {
+SYSTEM_PROMPTS: dict[str, str] = {
     "triage": "You are the triage agent of Northwind Outfitters' support desk. Classify each customer message "
               "into exactly one category (shipping, billing, account, product, returns) and an urgency "
               "(low, normal, high). Answer in JSON with the keys category and urgency.",
@@ -71,6 +75,56 @@ PLANS = ("Explorer", "Pro")
 COUNTRIES = ("Vietnam", "Portugal", "Mexico", "Canada")
 FIRST = ("Ana", "Ben", "Chloe", "Dev", "Elif", "Farah", "Gus", "Hana", "Ivan", "Jo", "Kemal", "Lena", "Mo", "Nia")
 LAST = ("Garcia", "Okafor", "Novak", "Lindqvist", "Tanaka", "Moreau", "Schmidt", "Rossi", "Haddad", "Kim")
+
+
+def _handbook() -> str:
+    """Northwind's policy handbook, which the research, fact-checking and reply agents carry in
+    their system prompts (about 1,500 tokens, the same in every call: the prefix a provider's
+    prompt cache reads back)."""
+    rules = [
+        "Orders placed before 2 pm ship the same business day; later orders ship the next business day.",
+        "Standard shipping takes 3 to 5 business days, express 1 to 2, and there is no delivery on "
+        + ", ".join(DAYS) + ".",
+        "Shipping is free on orders over $75 within the continental United States.",
+        "Returns are accepted within 30 days of delivery for unused items in their original packaging.",
+        "Worn or used items may be returned only under the warranty, never as a change of mind.",
+        "Refunds go back to the original payment method within 5 business days of the return scan.",
+        "Exchanges ship free once the original item is scanned by the carrier.",
+        "Gift cards, final-sale items and custom-fitted items cannot be returned.",
+        "Customers can pay by card, " + ", ".join(PAYMENTS) + "; Klarna splits a purchase into four payments.",
+        "A failed payment holds the order for 48 hours, then cancels it.",
+        "Price adjustments are honoured within 14 days of purchase, once per order.",
+        "Accounts can be closed at any time; order history is kept for 7 years for tax purposes.",
+        "Passwords are reset from the sign-in page; support never asks for a password.",
+        "Two-factor authentication can be turned on under account settings.",
+    ]
+    for plan, (price, discount) in zip(PLANS, (("$49 a year", 10), ("$99 a year", 20)), strict=True):
+        rules.append(f"The {plan} membership costs {price}, takes {discount}% off full-price gear and includes "
+                     "free express shipping; it renews every year unless cancelled 7 days before.")
+    for product, years in zip(PRODUCTS, (2, 3, 5, 2, 1, 3), strict=True):
+        rules.append(f"The {product} carries a {years}-year warranty against manufacturing defects; damage from "
+                     "misuse, accidents or normal wear is not covered, and a claim needs the order number and "
+                     "photos of the defect.")
+    for city, days in zip(CITIES, (2, 3, 4, 2, 2, 4, 3, 3), strict=True):
+        rules.append(f"Store pickup in {city} is ready in {days} business days; items wait 10 days at the store "
+                     "before they are returned to the warehouse.")
+    for country, (duty, days) in zip(COUNTRIES, (("10%", 12), ("6%", 8), ("16%", 10), ("5%", 6)), strict=True):
+        rules.append(f"Orders to {country} ship by international courier in about {days} business days; import "
+                     f"duties of about {duty} are collected on delivery and are not refundable.")
+    rules += [
+        "Lost parcels are replaced once the carrier confirms the loss, usually within 5 business days.",
+        "Damaged deliveries must be reported within 48 hours with photos of the parcel and the item.",
+        "Orders can be changed or cancelled until they are packed, usually within an hour of purchase.",
+        "The carrier's liability ends at delivery to the address given; a signature is required over $500.",
+        "Support answers by chat from 8 am to 8 pm Mountain Time, and by e-mail within one business day.",
+    ]
+    return "Policy handbook (quote the rule that applies):\n" + "\n".join(f"{n}. {rule}"
+                                                                          for n, rule in enumerate(rules, 1))
+
+
+HANDBOOK = _handbook()
+for _agent in ("research", "fact_checker", "reply"):
+    SYSTEM_PROMPTS[_agent] += "\n\n" + HANDBOOK
 
 
 @dataclass(frozen=True)
