@@ -21,6 +21,7 @@ from .cache import Lookup
 from .completion import Completion
 from .ledger import CallOutcome, EventKind, Ledger, LedgerEvent
 from .pricing import PriceTable
+from .prompt_parts import prompt_parts
 from .request import CanonicalRequest
 
 
@@ -48,13 +49,15 @@ class CallBooks:
         return self.prices.priced(completion, model)
 
     def settle(self, canonical: CanonicalRequest, reservation: Reservation | None, priced: Completion, *,
-               outcome: CallOutcome, detail: str = "") -> None:
+               outcome: CallOutcome, detail: str = "", request: Mapping[str, Any] | None = None) -> None:
         cost = priced.cost or 0.0
+        parts, prompt_chars = prompt_parts(request) if request is not None else ((), 0)
         if reservation is not None:
             self.budget.settle(reservation, cost)
         self._record(canonical, "call", model=priced.model, prompt_tokens=priced.prompt_tokens,
                      completion_tokens=priced.completion_tokens, cost=cost, outcome=outcome,
-                     detail=self._in_lane(detail),
+                     detail=self._in_lane(detail), lane=self.lane or "",
+                     prompt_parts=[part.as_dict() for part in parts], prompt_chars=prompt_chars,
                      cached_tokens=priced.cached_tokens,
                      provider_cache_saved=self.prices.provider_cache_saving(
                          priced.model, priced.prompt_tokens, cached_tokens=priced.cached_tokens,
@@ -66,7 +69,8 @@ class CallBooks:
 
     def record(self, canonical: CanonicalRequest, *, model: str | None, outcome: CallOutcome,
                detail: str = "") -> None:
-        self._record(canonical, "call", model=model, outcome=outcome, detail=self._in_lane(detail))
+        self._record(canonical, "call", model=model, outcome=outcome, detail=self._in_lane(detail),
+                     lane=self.lane or "")
 
     def _in_lane(self, detail: str) -> str:
         if self.lane is None:

@@ -18,8 +18,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .settings import SettingsError, ThriftySettings
+
+if TYPE_CHECKING:
+    from .ledger import LedgerEvent
+    from .pricing import PriceTable
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("ledger", type=Path, nargs="?",
                         help="ledger file (default: settings.ledger.path, ~/.cache/thrifty/ledger.jsonl)")
     report.add_argument("--by", default="agent", choices=["agent", "model", "workflow", "tenant", "user"])
+    report.add_argument("--prompts", action="store_true",
+                        help="where the input tokens go: the recurring system prompts, tool lists and conversation "
+                        "histories, by tokens and dollars, and what the provider's prompt cache saved on each")
     output = report.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true",
                         help="one JSON object: totals, groups, savings by source, budgets")
@@ -184,6 +192,8 @@ def _report(args: argparse.Namespace) -> int:
         return 2
     events = list(read_events(path))
     prices = PriceTable(settings.prices)
+    if args.prompts:
+        return _prompts_report(events, prices, as_json=args.json)
     budgets = spent_from_ledger(settings.budget.limits, events)
     if args.html:
         from .html_report import write_report
@@ -219,6 +229,22 @@ def _report(args: argparse.Namespace) -> int:
         print(f"\n{'budget':<36}{'limit $':>10}{'spent $':>12}{'left $':>12}")
         for label, limit, spent in budgets:
             print(f"{label:<36}{limit:>10.4f}{spent:>12.4f}{max(0.0, limit - spent):>12.4f}")
+    return 0
+
+
+def _prompts_report(events: list[LedgerEvent], prices: PriceTable, *, as_json: bool) -> int:
+    from .ledger import summarize
+    from .prompt_report import format_prompt_rows, prompt_rows
+
+    rows = prompt_rows(events, prices)
+    total = summarize(events)
+    if as_json:
+        print(json.dumps({"prompt_parts": [r.as_dict() for r in rows], "cached_tokens": total.cached_tokens,
+                          "provider_cache_saved": total.provider_cache_saved}))
+        return 0
+    print(format_prompt_rows(rows))
+    print(f"\nprovider's prompt cache, all calls: {total.cached_tokens} input tokens read from it, "
+          f"${total.provider_cache_saved:.6f} saved")
     return 0
 
 

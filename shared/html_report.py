@@ -29,7 +29,7 @@ from .svg_charts import PALETTE, Bar, Series, hbars, lines, money, thin
 
 MAX_REFUSED_ROWS = 200
 SOURCE_COLOURS = dict(zip(SOURCES, ("#4e79a7", "#76b7b2", "#59a14f", "#f28e2b", "#b07aa1",
-                                          "#9c755f"), strict=True))
+                                          "#edc948", "#9c755f"), strict=True))
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:24px auto;

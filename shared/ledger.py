@@ -9,7 +9,10 @@ Each :class:`LedgerEvent` is one decision:
   billed). ``cost`` is exactly what was settled against the budgets, so the ledger's spend and
   the budgets' books agree; ``cached_tokens`` of its input tokens were read from the provider's
   prompt cache, which saved ``provider_cache_saved`` dollars on them (negative when writing to
-  the cache cost more than it read back);
+  the cache cost more than it read back); ``lane`` is ``"batch"`` for a call sent through the
+  batch lane (:mod:`thrifty.batch_lane`), billed at the batch price, else empty;
+  ``prompt_parts`` are the recurring parts of its prompt (system prompt, tools, history: digest,
+  size and label, :mod:`thrifty.prompt_parts`) out of ``prompt_chars`` characters;
 * ``cache_hit``: answered from the cache; ``joined``: waited for an identical call in flight and
   shared its answer (both with what they saved);
 * ``refused``: a near duplicate the verifier would not reuse;
@@ -68,6 +71,9 @@ class LedgerEvent:
     at: float = field(default_factory=time.time)
     cached_tokens: int = 0
     provider_cache_saved: float = 0.0
+    lane: str = ""
+    prompt_parts: list[dict[str, Any]] = field(default_factory=list)
+    prompt_chars: int = 0
 
 
 @dataclass

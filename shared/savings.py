@@ -1,6 +1,6 @@
 """Where the savings came from, from a ledger's events.
 
-Six sources, in dollars:
+Seven sources, in dollars:
 
 * ``exact``: cache hits on the exact tier (``cache_hit`` events whose ``detail``, the lookup's
   reason, is not ``semantic:...``), what each hit saved;
@@ -11,9 +11,12 @@ Six sources, in dollars:
   what the calls escalated from those cheaper models cost (they were spent because of routing);
 * ``budget``: calls a budget refused, at their estimated cost (money not spent, not an answer
   served: the report names it apart);
+* ``batch``: calls sent through the batch lane (ledger ``lane`` ``batch``): their price at the
+  synchronous price minus what they cost at the batch price;
 * ``provider_cache``: what the provider's own prompt cache saved on the calls made (their
   ``provider_cache_saved``: input tokens read from it at its cache-read price), beside thrifty's
-  own savings. A routed call's saving is counted at uncached prices, so the two add up.
+  own savings. A routed call's saving is counted at uncached synchronous prices, so the sources
+  add up.
 
 The reference model is the one given, else the most expensive model (dollars per input plus
 output token) among the calls, priced with :class:`~thrifty.pricing.PriceTable`.
@@ -27,9 +30,9 @@ from dataclasses import dataclass
 from .ledger import LedgerEvent
 from .pricing import PriceTable
 
-SOURCES = ("exact", "semantic", "joined", "routed", "budget", "provider_cache")
+SOURCES = ("exact", "semantic", "joined", "routed", "budget", "batch", "provider_cache")
 SOURCE_LABELS = {"exact": "exact cache hits", "semantic": "semantic cache hits", "joined": "joined calls",
-                 "routed": "routed cheaper", "budget": "refused by budget",
+                 "routed": "routed cheaper", "budget": "refused by budget", "batch": "batch lane",
                  "provider_cache": "provider's prompt cache"}
 
 
@@ -42,6 +45,7 @@ class SavingsBySource:
     joined: float = 0.0
     routed: float = 0.0
     budget: float = 0.0
+    batch: float = 0.0
     provider_cache: float = 0.0
     counts: tuple[tuple[str, int], ...] = ()
     reference_model: str | None = None
@@ -80,8 +84,22 @@ def routing_saving(event: LedgerEvent, reference: str | None, prices: PriceTable
         return -event.cost
     if event.outcome not in ("ok", ""):
         return 0.0
-    return prices.cost(reference, event.prompt_tokens, event.completion_tokens) - \
-        (event.cost + event.provider_cache_saved)
+    return prices.cost(reference, event.prompt_tokens, event.completion_tokens) - _synchronous_cost(event, prices)
+
+
+def batch_saving(event: LedgerEvent, prices: PriceTable) -> float:
+    """What sending ``event`` through the batch lane saved: its synchronous price minus its cost
+    (0 for events that are not batch-lane calls)."""
+    if event.kind != "call" or event.lane != "batch":
+        return 0.0
+    return _synchronous_cost(event, prices) - event.cost - event.provider_cache_saved
+
+
+def _synchronous_cost(event: LedgerEvent, prices: PriceTable) -> float:
+    """What ``event``'s call would have cost made synchronously, without the provider's cache."""
+    if event.lane == "batch":
+        return prices.cost(event.model, event.prompt_tokens, event.completion_tokens)
+    return event.cost + event.provider_cache_saved
 
 
 def saving_of(event: LedgerEvent, reference: str | None, prices: PriceTable) -> float:
@@ -91,7 +109,7 @@ def saving_of(event: LedgerEvent, reference: str | None, prices: PriceTable) -> 
     if event.kind == "budget_refused":
         return event.cost
     provider_cache = event.provider_cache_saved if event.kind == "call" else 0.0
-    return routing_saving(event, reference, prices) + provider_cache
+    return routing_saving(event, reference, prices) + batch_saving(event, prices) + provider_cache
 
 
 def savings_by_source(events: Sequence[LedgerEvent], *, prices: PriceTable | None = None,
@@ -112,6 +130,9 @@ def savings_by_source(events: Sequence[LedgerEvent], *, prices: PriceTable | Non
         if event.kind == "call" and event.provider_cache_saved:
             dollars["provider_cache"] += event.provider_cache_saved
             counts["provider_cache"] += 1
+        if event.kind == "call" and event.lane == "batch":
+            dollars["batch"] += batch_saving(event, prices)
+            counts["batch"] += 1
     return SavingsBySource(**dollars, counts=tuple(counts.items()), reference_model=reference)
 
 

@@ -57,9 +57,10 @@ class Books(Protocol):
         ...
 
     def settle(self, canonical: CanonicalRequest, reservation: Reservation | None, priced: Completion, *,
-               outcome: CallOutcome, detail: str = "") -> None:
+               outcome: CallOutcome, detail: str = "", request: Mapping[str, Any] | None = None) -> None:
         """The call was made and answered ``priced`` (see :meth:`price`): settle ``reservation``
-        to its cost and record the call at that cost."""
+        to its cost and record the call at that cost (with the recurring parts of ``request``'s
+        prompt, :mod:`thrifty.prompt_parts`)."""
         ...
 
     def release(self, reservation: Reservation | None) -> None:
@@ -205,7 +206,7 @@ class Ticket:
             return False
         self._fallback = self._priced(failed)
         self._books.settle(self.canonical, self.reservation, self._fallback, outcome="escalated",
-                           detail=f"{reason}: {tier.name} -> {upper.name}")
+                           detail=f"{reason}: {tier.name} -> {upper.name}", request=self.request)
         if self.features is not None:
             router.escalated(self.features, tier)
         self.escalations.append(reason)
@@ -285,7 +286,8 @@ class Ticket:
                 lead.flight.resolve(priced, release=False)  # joinable until the answer is stored
                 yield _Finish(priced)
             self._books.settle(self.canonical, self.reservation, priced,
-                               outcome="ok" if rejected is None else "rejected", detail=rejected or "")
+                               outcome="ok" if rejected is None else "rejected", detail=rejected or "",
+                               request=self.request)
             if rejected is None:
                 yield _Store(priced)
         finally:

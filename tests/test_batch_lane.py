@@ -23,6 +23,7 @@ from thrifty.gate import Thrifty
 from thrifty.ledger import Ledger
 from thrifty.pricing import PriceTable
 from thrifty.request import canonicalize
+from thrifty.savings import savings_by_source
 from thrifty.settings import ThriftySettings
 
 import litellm_plugins
@@ -95,6 +96,10 @@ def test_deferred_requests_are_billed_at_the_batch_price(embedder: SentenceTrans
     calls = [e for e in gate.ledger.events() if e.kind == "call"]
     assert len(calls) == 3 and {e.detail for e in calls} == {"batch"} and {e.outcome for e in calls} == {"ok"}
     assert sum(e.cost for e in calls) == pytest.approx(provider_bill, rel=1e-9)
+    assert {e.lane for e in calls} == {"batch"}
+    # the report counts the other half as the batch lane's saving, and nothing as routing's
+    sources = savings_by_source(gate.ledger.events(), prices=prices)
+    assert sources.batch == pytest.approx(provider_bill, rel=1e-9) and sources.routed == 0.0
     assert [e.kind for e in gate.ledger.events()].count("joined") == 1
     (_, _, spent, held), = gate.budget.remaining(canonicalize(request, gate.settings))
     assert spent == pytest.approx(provider_bill, rel=1e-9) and held == 0

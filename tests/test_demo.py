@@ -131,6 +131,13 @@ def test_demo_writes_the_ledger_and_the_report(demo_run: tuple[dict[str, Any], P
     assert "<svg" in report.read_text() and "thrifty: + budgets (all parts)" in report.read_text()
 
 
+def test_the_batch_lane_answers_the_summaries_it_defers(demo_run: tuple[dict[str, Any], Path]) -> None:
+    numbers, _ = demo_run
+    rows = {row["name"]: row for row in numbers["configurations"]}
+    batch = rows["thrifty: all parts + batch lane (summaries)"]
+    assert batch["batch_lines"] > 0 and batch["errors"] == 0 and batch["wrong_answers"] == 0
+    assert all(row["batch_lines"] == 0 for name, row in rows.items() if name != batch["name"])
+
 def test_the_provider_s_prompt_cache_is_billed_and_shown_apart(demo_run: tuple[dict[str, Any], Path]) -> None:
     numbers, _ = demo_run
     rows = {row["name"]: row for row in numbers["configurations"]}

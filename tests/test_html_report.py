@@ -81,7 +81,7 @@ def test_savings_by_source_from_known_events() -> None:
     assert savings.routed == pytest.approx(0.0075 - 0.00045 - 0.00009)
     assert savings.total == pytest.approx(0.01 + 0.02 + 0.06 + 0.5 + 0.00696)
     assert dict(savings.counts) == {"exact": 1, "semantic": 1, "joined": 2, "routed": 2, "budget": 1,
-                                    "provider_cache": 0}
+                                    "batch": 0, "provider_cache": 0}
 
 
 def test_routing_is_measured_against_the_reference_model_given() -> None:

@@ -187,6 +187,11 @@ def test_openai_s_automatic_prompt_cache_is_priced_through_litellm_and_shown_apa
     out = capsys.readouterr().out
     assert f"provider's prompt cache: {sum(cached)} input tokens read from it" in out
     assert "provider's prompt cache" in out.split("saved by source")[1]
+    # where the tokens went: the handbook, sent by all three calls, read back by the last two
+    assert thrifty_main(["report", str(tmp_path / "ledger.jsonl"), "--prompts", "--json"]) == 0
+    parts = json.loads(capsys.readouterr().out)["prompt_parts"]
+    assert [(p["kind"], p["calls"]) for p in parts] == [("system", 3)]
+    assert parts[0]["label"].startswith("You are a support agent") and parts[0]["cached_tokens"] == sum(cached)
 
 
 def test_claude_s_prompt_cache_is_turned_on_through_litellm_s_own_marks(

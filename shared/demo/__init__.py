@@ -35,6 +35,7 @@ REQUEST_LIMIT_USD = 0.02
 AUDIT_RATE = 0.02
 ALL_PARTS = "thrifty: + budgets (all parts)"
 REDIS_ALL_PARTS = "thrifty on Redis (all parts)"
+BATCH_LANE = "thrifty: all parts + batch lane (summaries)"
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ def configurations(folder: Path, *, redis_url: str | None = None) -> list[Config
         Configuration("thrifty: + single-flight", thrifty=thrifty("single-flight")),
         Configuration("thrifty: + routing", model="auto", thrifty=thrifty("routing")),
         Configuration(ALL_PARTS, model="auto", thrifty=thrifty("all", budgets=True)),
+        Configuration(BATCH_LANE, model="auto", thrifty=thrifty("batch", budgets=True), deferred=("summariser",)),
         Configuration("thrifty: planted mistake", model="auto", thrifty=thrifty("planted", budgets=True),
                       planted=True),
         Configuration(f"thrifty: planted mistake + audits {AUDIT_RATE}", model="auto",

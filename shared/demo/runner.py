@@ -23,7 +23,7 @@ from typing import Any
 from ..embedder import Embedder
 from ..ledger import Ledger
 from ..pricing import PriceTable
-from ..settings import ThriftySettings
+from ..settings import BatchSettings, ThriftySettings
 from ..standin import StandIn
 from ..verifier import Verifier
 from .workload import DemoCall, Ticket, Workload
@@ -41,7 +41,8 @@ class Configuration:
     ``thrifty``: thrifty's settings, None for no thrifty; ``cosine``: a plain cosine-threshold
     cache (thrifty's embedder, every neighbour at or above it reused, no verifier);
     ``redisvl``: ``(redis_url, similarity)`` for RedisVL's SemanticCache as ``litellm.cache``
-    (:mod:`thrifty.demo.redisvl_recipe`)."""
+    (:mod:`thrifty.demo.redisvl_recipe`); ``deferred``: the agents whose calls can wait, sent
+    through thrifty's batch lane (:class:`litellm_plugins.BatchLane`) at the batch price."""
 
     name: str
     model: str = PREMIUM
@@ -50,6 +51,7 @@ class Configuration:
     cosine: float | None = None
     redisvl: tuple[str, float] | None = None
     planted: bool = False  # the verifier wrongly accepts one pairing (see PlantedMistake)
+    deferred: tuple[str, ...] = ()
 
 
 @dataclass
@@ -91,6 +93,7 @@ class Result:
     audit_disagreements: int = 0
     reuse_saved_usd: float = 0.0  # what cache hits and joined calls saved, by thrifty's ledger
     provider_cache_saved_usd: float = 0.0  # what the provider's prompt cache saved on the calls made
+    batch_lines: int = 0  # calls sent through the batch lane (among upstream_calls), at the batch price
     planted: bool = False  # run with the verifier's planted mistake
     ledger_path: str | None = None
     records: list[CallRecord] = field(default_factory=list, repr=False)
@@ -99,6 +102,11 @@ class Result:
         out = {k: v for k, v in self.__dict__.items() if k != "records"}
         out["cost_usd"] = round(self.cost_usd, 6)
         return out
+
+
+# the batch lane's clock, compressed as the stand-in's latency is: a batch goes out when its first
+# request has waited 50 ms (a real deployment waits minutes, and the provider answers in hours)
+BATCH_SETTINGS = BatchSettings(path=None, max_batch_size=100, max_wait_seconds=0.05, poll_seconds=0.02)
 
 
 def router_for(url: str) -> Any:
@@ -172,6 +180,7 @@ async def run(config: Configuration, workload: Workload, world: DemoWorld, *, ag
     ledger_path: Path | None = None
     recipe: Any = None
     gate: Any = None
+    lane: Any = None
     try:
         if config.redisvl is not None:
             from .redisvl_recipe import RedisVLRecipeCache
@@ -194,6 +203,10 @@ async def run(config: Configuration, workload: Workload, world: DemoWorld, *, ag
             litellm_plugins.install(gate=gate)
             if config.model == "auto":
                 CostAwareRouting.install(router)
+            if config.deferred:
+                lane = litellm_plugins.BatchLane(gate=gate, settings=BATCH_SETTINGS, api_base=url,
+                                                 api_key="sk-standin")
+                await lane.start()
         records: list[CallRecord] = []
 
         async def one(call: DemoCall) -> None:
@@ -203,7 +216,10 @@ async def run(config: Configuration, workload: Workload, world: DemoWorld, *, ag
             started = time.perf_counter()
             decision, source, escalations, content = "call", "", 0, None
             try:
-                response = await router.acompletion(**request)
+                if lane is not None and call.agent in config.deferred:
+                    response = await lane.acompletion(**request)
+                else:
+                    response = await router.acompletion(**request)
                 content = response.choices[0].message.content
                 hidden = getattr(response, "_hidden_params", {}) or {}
                 info = hidden.get("thrifty") or {}
@@ -243,6 +259,9 @@ async def run(config: Configuration, workload: Workload, world: DemoWorld, *, ag
             result.reuse_saved_usd = totals.saved
         return result
     finally:
+        if lane is not None:
+            await lane.stop()
+            lane.close()
         litellm_plugins.uninstall()
         litellm.cache = None
         if recipe is not None:
@@ -261,7 +280,12 @@ def _result(name: str, records: list[CallRecord], stats: dict[str, Any], wall: f
                                                       cached_tokens=t.get("cached_tokens", 0),
                                                       cache_write_tokens=t.get("cache_write_tokens", 0))
                          for model, t in billed)
-    calls = int(stats["calls"])
+    batch = stats.get("batch") or {}
+    batch_prices = prices.batch()
+    cost += sum(batch_prices.cost(model, t.get("prompt_tokens", 0), t.get("completion_tokens", 0))
+                for model, t in (batch.get("tokens_by_model") or {}).items())
+    synchronous = int(stats["calls"])
+    calls = synchronous + int(batch.get("lines", 0))
     latencies = sorted(r.latency_ms for r in records)
     decisions = Counter((r.decision, r.source) for r in records)
     kinds = Counter(r.decision for r in records)
@@ -278,6 +302,6 @@ def _result(name: str, records: list[CallRecord], stats: dict[str, Any], wall: f
         errors=kinds["error"],
         wrong_answers=judgements["wrong"],
         hard_on_failing_tier=sum(1 for r in records if r.judgement == "failed" and r.call.difficulty == "hard"),
-        tier_share={model: n / calls for model, n in sorted(stats["by_model"].items())} if calls else {},
+        tier_share={model: n / synchronous for model, n in sorted(stats["by_model"].items())} if synchronous else {},
         wall_s=wall, ledger_path=str(ledger_path) if ledger_path else None, records=records,
-        provider_cache_saved_usd=provider_cache)
+        provider_cache_saved_usd=provider_cache, batch_lines=int(batch.get("lines", 0)))
