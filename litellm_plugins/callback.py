@@ -66,6 +66,7 @@ import logging
 import threading
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ from thrifty.log_once import LogOnce
 from thrifty.plan import Plan, arun, run
 from thrifty.prompt_cache import asks_prompt_cache
 from thrifty.reports import Reported
+from thrifty.request import OUTPUT_PARAMS
 from thrifty.router import Validator
 
 from .errors import BudgetExceededError, CallAbandoned
@@ -100,6 +102,10 @@ from .translate import (
 )
 
 log = logging.getLogger("thrifty.litellm")
+
+DIET_FIELDS = ("messages", "tools", "max_tokens")  # what the prompt diet may change in a call
+_ASKED_KEPT = 10_000
+_ABSENT = object()
 
 Recall = Callable[..., Awaitable[Any]]
 SyncRecall = Callable[..., Any]
@@ -126,6 +132,8 @@ class CallState:
 @dataclass(frozen=True)
 class _Begin:
     request: dict[str, Any]
+    diet: bool = False  # the call's kwargs will carry what the prompt diet makes of it (apply)
+    summarize: Any = None  # how the diet's history summaries are asked (thrifty's own calls)
 
 
 @dataclass(frozen=True)
@@ -194,6 +202,7 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
         self._lock = threading.Lock()
         self._warn_once = LogOnce(log)
         self._recalls: set[str] = set()  # marks of thrifty's own re-calls in flight: no caller can forge one
+        self._asked: OrderedDict[str, dict[str, Any]] = OrderedDict()  # dieted calls: what the caller asked
         if litellm.cache is not None and not isinstance(litellm.cache, ThriftyCache):
             log.warning("thrifty replaces the litellm.cache that was set (%s)", type(litellm.cache).__name__)
         litellm.cache = self.cache
@@ -209,13 +218,17 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
 
     async def adecide(self, kwargs: Mapping[str, Any], *, model: str | None = None, tenant: str | None = None,
                       recall: Recall | None = None, recall_model: str | None = None,
-                      reroute: bool = False, sync_recall: SyncRecall | None = None) -> CallState:
-        """Async twin of :meth:`decide`."""
-        plan = self._decide_plan(kwargs, model, tenant, _Recalls(recall, sync_recall, recall_model), reroute)
+                      reroute: bool = False, sync_recall: SyncRecall | None = None, diet: bool = True) -> CallState:
+        """Async twin of :meth:`decide`, and the prompt diet's (:mod:`thrifty.diet`) when ``diet``:
+        the caller then passes the call's kwargs to :meth:`apply` before LiteLLM sends them, and a
+        history summary is asked through ``recall`` as thrifty's own call. (The sync path never
+        diets: LiteLLM's sync calls are decided in the cache lookup, too late to change them.)"""
+        plan = self._decide_plan(kwargs, model, tenant, _Recalls(recall, sync_recall, recall_model), reroute,
+                                 diet=diet)
         return await arun(plan, self._aperform)
 
     def _decide_plan(self, kwargs: Mapping[str, Any], model: str | None, tenant: str | None, recalls: _Recalls,
-                     reroute: bool) -> Plan[CallState]:
+                     reroute: bool, *, diet: bool = False) -> Plan[CallState]:
         call_id = call_id_of(kwargs)
         state = self._existing(call_id, kwargs)
         if state is not None:
@@ -224,10 +237,11 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
         request: dict[str, Any] | None = None
         reported: Reported | None = None
         try:
-            request = thrifty_request(kwargs, model=model, tenant=tenant)
+            request = self._undieted(call_id, thrifty_request(kwargs, model=model, tenant=tenant))
             if _flagged(request["metadata"].pop(REPORT_WRONG, None)):
                 reported = yield _Report(request)
-            decision = yield _Begin(request)
+            summarize = self._summarizer(kwargs, recalls, reroute) if diet and recalls.recall is not None else None
+            decision = yield _Begin(request, diet, summarize)
         except Exception as exc:  # noqa: BLE001 - sorted by _refusal
             self._refusal(exc)
             decision = None
@@ -357,7 +371,65 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
                 kwargs["stream_options"] = {**(kwargs.get("stream_options") or {}), "include_usage": True}
             if "enable_prompt_caching" not in kwargs and asks_prompt_cache(self.gate.settings, kwargs.get("model")):
                 kwargs["enable_prompt_caching"] = True
+            if decision.diet is not None:
+                self._remember_undieted(call_id_of(kwargs), decision)
+                _carry_diet(kwargs, decision)
         return kwargs
+
+    def _remember_undieted(self, call_id: str | None, ticket: Ticket) -> None:
+        """Keep what the caller asked, for a retry of this call (LiteLLM's or a Router's, with the
+        dieted kwargs) to be decided on the caller's request, never on the dieted one."""
+        if call_id is None:
+            return
+        with self._lock:
+            self._asked[call_id] = {key: ticket.request.get(key, _ABSENT) for key in DIET_FIELDS}
+            while len(self._asked) > _ASKED_KEPT:
+                self._asked.popitem(last=False)
+
+    def _undieted(self, call_id: str | None, request: dict[str, Any]) -> dict[str, Any]:
+        """``request`` with what its caller asked, when its kwargs were dieted before (a retry)."""
+        with self._lock:
+            asked = self._asked.get(call_id) if call_id is not None else None
+        for key, value in (asked or {}).items():
+            if value is _ABSENT:
+                request.pop(key, None)
+            else:
+                request[key] = value
+        return request
+
+    def _summarizer(self, kwargs: Mapping[str, Any], recalls: _Recalls,
+                    reroute: bool) -> Callable[[dict[str, Any]], Awaitable[Completion]]:
+        """How the prompt diet asks for a history summary on this call's behalf: LiteLLM again
+        (``recalls.recall``: ``acompletion``, the Router, or the proxy's Router), with the
+        caller's credentials and metadata, as thrifty's own call - like an audit."""
+        state = CallState(None, recall_kwargs=user_kwargs(kwargs), recall=recalls.recall,
+                          recall_model=recalls.model, reroute=reroute)
+
+        async def upstream(request: dict[str, Any]) -> Completion:
+            kwargs, mark = self._summary_kwargs(state, request)
+            return await self._aown_call(state, kwargs, mark)
+
+        return upstream
+
+    @staticmethod
+    def _summary_kwargs(state: CallState, request: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+        """The kwargs of a summary call: the caller's (credentials, metadata), marked as thrifty's
+        own, on the summary's model (a Router group's call pins its tier), with the summary's
+        messages and sampling in place of everything of the caller's that shapes an answer."""
+        mark = f"diet:{uuid.uuid4().hex}"
+        model = request.get("model") if isinstance(request.get("model"), str) else None
+        kwargs = _own_kwargs(state, mark, model=model, pin=model if state.recall_model is not None else None)
+        for key in (*OUTPUT_PARAMS, "messages"):
+            kwargs.pop(key, None)
+        kwargs.update({k: request[k] for k in ("messages", "max_tokens", "temperature") if k in request})
+        return kwargs, mark
+
+    async def _aown_call(self, state: CallState, kwargs: dict[str, Any], mark: str) -> Completion:
+        """Make thrifty's own call ``kwargs`` (marked ``mark``) through ``state.recall``."""
+        assert state.recall is not None
+        with self._own_call(mark):
+            response = await state.recall(**kwargs)
+        return completion_of(response, model=kwargs.get("model"))
 
     # ------------------------------------------------------------------ LiteLLM's cache lookup
     def lookup(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -371,7 +443,7 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
 
     async def alookup(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         """Async twin of :meth:`lookup`; a hit's audit is a task of the caller's event loop."""
-        state = self.state(kwargs) or await self.adecide(kwargs)
+        state = self.state(kwargs) or await self.adecide(kwargs, diet=False)  # too late to change the call
         hit = self._hit(state, kwargs)
         if hit is not None:
             self._aaudit(state)
@@ -414,9 +486,7 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
 
         async def upstream(request: dict[str, Any]) -> Completion:
             kwargs, mark = self._audit_kwargs(state, request)
-            with self._own_call(mark):
-                response = await recall(**kwargs)
-            return completion_of(response, model=kwargs.get("model"))
+            return await self._aown_call(state, kwargs, mark)
 
         try:
             self.gate.aaudit(state.request, reused, upstream)
@@ -488,7 +558,7 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
     async def _recall(self, state: CallState, ticket: Ticket, call_id: str | None) -> Any:
         tier = ticket.route.tier.name if ticket.route.tier is not None else None
         mark = f"{call_id}:{uuid.uuid4().hex}"
-        kwargs = _own_kwargs(state, mark, model=ticket.model, pin=tier)
+        kwargs = _carry_diet(_own_kwargs(state, mark, model=ticket.model, pin=tier), ticket)
         assert state.recall is not None
         with self._own_call(mark):
             return await state.recall(**kwargs)
@@ -523,7 +593,7 @@ class ThriftyCallback(CustomLogger):  # type: ignore[misc]
 
     async def _aperform(self, op: Any) -> Any:
         if isinstance(op, _Begin):
-            return await self.gate.abegin(op.request)
+            return await self.gate.abegin(op.request, diet=op.diet, upstream=op.summarize)
         if isinstance(op, _Report):
             return await self.gate.areport_wrong(op.request)
         if isinstance(op, _Answered):
@@ -629,6 +699,16 @@ def _own_kwargs(state: CallState, mark: str, *, model: str | None, pin: str | No
     if state.reroute and model is not None:  # a LiteLLM model name, not one of a Router's
         kwargs["custom_llm_provider"] = _provider(model)
     kwargs["metadata"] = metadata
+    return kwargs
+
+
+def _carry_diet(kwargs: dict[str, Any], ticket: Ticket) -> dict[str, Any]:
+    """Put into the call's ``kwargs`` what the prompt diet changed in the ticket's request (its
+    messages, tools, max_tokens), and nothing else."""
+    sent, asked = ticket.sent, ticket.request
+    for key in DIET_FIELDS:
+        if key in sent and sent[key] != asked.get(key):
+            kwargs[key] = sent[key]
     return kwargs
 
 

@@ -146,6 +146,8 @@ def decision_info(decision: Reused | Ticket | None) -> dict[str, Any]:
         info["escalations"] = list(decision.escalations)
     if decision.reservation is not None and decision.reservation.charges:
         info["budget_reserved"] = round(decision.reservation.amount, 6)
+    if decision.diet is not None:  # the prompt diet's policies applied: the input tokens each removed
+        info["diet"] = {trim.policy: trim.tokens for trim in decision.diet.trims}
     return info
 
 

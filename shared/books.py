@@ -13,8 +13,8 @@ Tickets see these books through :class:`thrifty.ticket.Books`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .budget import Budget, BudgetExceeded, Reservation
 from .cache import Lookup
@@ -23,6 +23,9 @@ from .ledger import CallOutcome, EventKind, Ledger, LedgerEvent
 from .pricing import PriceTable
 from .prompt_parts import prompt_parts
 from .request import CanonicalRequest
+
+if TYPE_CHECKING:
+    from .diet import Trim
 
 
 class CallBooks:
@@ -71,6 +74,21 @@ class CallBooks:
                detail: str = "") -> None:
         self._record(canonical, "call", model=model, outcome=outcome, detail=self._in_lane(detail),
                      lane=self.lane or "")
+
+    def dieted(self, canonical: CanonicalRequest, model: str | None, trims: Sequence[Trim]) -> None:
+        """The prompt diet's policies ``trims`` were applied to a call on ``model`` that was
+        answered: one ``diet`` event each, with the input tokens it removed at ``model``'s input
+        price (an output cap: how far it cut the worst case's output tokens, at no saving)."""
+        price = self.prices.price(model)
+        for trim in trims:
+            if trim.max_tokens is not None:
+                longest = (price.max_output_tokens if price is not None and price.max_output_tokens
+                           else self.budget.settings.default_max_output_tokens)
+                tokens, saved = max(0, int(longest) - trim.max_tokens), 0.0
+            else:
+                tokens, saved = trim.tokens, trim.tokens * price.input_per_token if price is not None else 0.0
+            self._record(canonical, "diet", model=model, outcome=trim.policy, saved_tokens=tokens, saved=saved,
+                         detail=trim.detail)
 
     def _in_lane(self, detail: str) -> str:
         if self.lane is None:

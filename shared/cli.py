@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from .settings import SettingsError, ThriftySettings
 
 if TYPE_CHECKING:
+    from .diet import DietSaving
     from .ledger import LedgerEvent
     from .pricing import PriceTable
 
@@ -176,6 +177,7 @@ def _report(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from .budget import spent_from_ledger
+    from .diet import diet_savings
     from .ledger import group, read_events, summarize
     from .pricing import PriceTable
     from .savings import SOURCE_LABELS, savings_by_source
@@ -203,9 +205,11 @@ def _report(args: argparse.Namespace) -> int:
     total = summarize(events)
     groups = sorted(group(events, args.by).items())
     sources = savings_by_source(events, prices=prices)
+    diet = diet_savings(events)
     if args.json:
         print(json.dumps({"totals": asdict(total), "by": args.by, "groups": {k: asdict(v) for k, v in groups},
                           "savings_by_source": sources.as_dict(), "reference_model": sources.reference_model,
+                          "prompt_diet": {policy: row.as_dict() for policy, row in diet.items()},
                           "budgets": [{"budget": label, "limit": limit, "spent": spent,
                                        "left": max(0.0, limit - spent)} for label, limit, spent in budgets]}))
         return 0
@@ -222,6 +226,8 @@ def _report(args: argparse.Namespace) -> int:
     if total.cached_tokens:
         print(f"provider's prompt cache: {total.cached_tokens} input tokens read from it, "
               f"${total.provider_cache_saved:.6f} saved on the calls made")
+    for line in _diet_lines(diet):
+        print(line)
     print(f"\n{'saved by source':<20}{'$':>14}")
     for source, dollars in sources.as_dict().items():
         print(f"{SOURCE_LABELS[source]:<20}{dollars:>14.6f}")
@@ -230,6 +236,23 @@ def _report(args: argparse.Namespace) -> int:
         for label, limit, spent in budgets:
             print(f"{label:<36}{limit:>10.4f}{spent:>12.4f}{max(0.0, limit - spent):>12.4f}")
     return 0
+
+
+def _diet_lines(diet: dict[str, DietSaving]) -> list[str]:
+    """One line per prompt diet policy that was applied: what it removed and saved."""
+    from .diet import POLICY_LABELS
+
+    lines = []
+    for policy, row in diet.items():
+        label = f"prompt diet, {POLICY_LABELS[policy]}:"
+        if policy == "output_cap":
+            lines.append(f"{label} {row.calls} calls capped, their worst case lowered by {row.tokens} output "
+                         "tokens (what a cap saves cannot be seen: counted as $0)")
+        else:
+            summaries = f" (net of ${row.spent:.6f} for the summaries)" if policy == "compaction" else ""
+            lines.append(f"{label} {row.calls} calls, {row.tokens} input tokens removed, "
+                         f"~${row.saved - row.spent:.6f} saved{summaries}")
+    return ["", *lines] if lines else []
 
 
 def _prompts_report(events: list[LedgerEvent], prices: PriceTable, *, as_json: bool) -> int:

@@ -9,10 +9,13 @@ Read top to bottom, a call goes:
 3. **join**: otherwise, an identical request already in flight - in this process
    (:mod:`thrifty.singleflight`) or, with ``dedup.backend: redis``, in any other
    (:mod:`thrifty.flights`) - is waited for and its answer reused.
-4. **call**: otherwise the caller gets a :class:`~thrifty.ticket.Ticket`, prepared here: the
-   router picks the tier (:mod:`thrifty.router`) and the worst case is reserved against every
-   budget that applies (:mod:`thrifty.budget`). Routing and budgets apply to every request that
-   reaches upstream, whether the cache is on or not.
+4. **call**: otherwise the caller gets a :class:`~thrifty.ticket.Ticket`, prepared here: for a
+   caller that sends the ticket's request, the prompt diet makes it the request as it will be sent
+   (:mod:`thrifty.diet`: output cap, tool pruning, history compaction; keys and lookups stay on the
+   caller's request, keyed with its policy), the router picks the tier (:mod:`thrifty.router`) and
+   the worst case of the request as sent is reserved against every budget that applies
+   (:mod:`thrifty.budget`). Routing and
+   budgets apply to every request that reaches upstream, whether the cache is on or not.
 5. The caller makes the call and ends the ticket (``answered``, ``complete`` or ``fail``): the
    books price it, settle it and record it in the ledger (:mod:`thrifty.books`), its answer goes
    to everyone who joined, and a usable answer into the cache.
@@ -61,6 +64,7 @@ from .books import CallBooks
 from .budget import Budget, BudgetExceeded, Reservation, make_budget_store
 from .cache import Lookup, SemanticCache, Stored
 from .completion import Completion
+from .diet import PromptDiet
 from .embedder import Embedder, SentenceTransformerEmbedder
 from .flights import Flights, local_lease, make_flights
 from .ledger import Ledger
@@ -141,6 +145,14 @@ class _Wait:
 
 
 @dataclass(frozen=True)
+class _Diet:
+    """A caller that sends ``ticket.call_request()`` upstream: the prompt diet may change it, and
+    ``upstream`` (None: no compaction) makes thrifty's own summary calls."""
+
+    upstream: Any
+
+
+@dataclass(frozen=True)
 class _Prepare:
     ticket: Ticket
     router: Router | None
@@ -187,6 +199,7 @@ class Thrifty:
         self.served = ServedMemory(settings.cache.remember_served)
         self.reporter = Reporter(self.cache, self.books, self.served)
         self.auditor = Auditor(settings, embedder=self.embedder, cache=self.cache, books=self.books)
+        self.diet = PromptDiet(settings, embedder=self.embedder, cache=self.cache, books=self.books)
         self._audit_tasks: set[asyncio.Task[Any]] = set()
         self._audit_threads: set[threading.Thread] = set()
         self._audit_lock = threading.Lock()
@@ -210,8 +223,14 @@ class Thrifty:
         return next((r for r in self.routers if r.routes(request)), None)
 
     # ------------------------------------------------------------------ public API
-    def begin(self, request: Mapping[str, Any]) -> Reused | Ticket:
+    def begin(self, request: Mapping[str, Any], *, diet: bool = False,
+              upstream: Callable[[dict[str, Any]], Completion] | None = None) -> Reused | Ticket:
         """Before a call: a reusable answer, or a ticket to make the call.
+
+        ``diet``: the caller sends ``ticket.call_request()`` as it is, so the prompt diet's
+        policies (``prompt_diet``, :mod:`thrifty.diet`) may change it; ``upstream`` is then how
+        thrifty makes its own calls to summarise a history (as :meth:`call`'s; None: no history
+        compaction). Without ``diet`` the ticket's request is the caller's.
 
         Raises:
             BudgetExceeded: a budget refuses the call (after any downgrade).
@@ -219,19 +238,21 @@ class Thrifty:
             UpstreamError: the request joined a call that failed deterministically (or the
                 leader's own exception, within this process).
         """
-        return run(self._plan(request), self._perform)
+        return run(self._plan(request, _Diet(upstream) if diet else None), self._perform)
 
-    async def abegin(self, request: Mapping[str, Any]) -> Reused | Ticket:
-        """Async twin of :meth:`begin`."""
-        return await arun(self._plan(request), self._aperform)
+    async def abegin(self, request: Mapping[str, Any], *, diet: bool = False,
+                     upstream: Callable[[dict[str, Any]], Awaitable[Completion]] | None = None) -> Reused | Ticket:
+        """Async twin of :meth:`begin` (``upstream`` is async)."""
+        return await arun(self._plan(request, _Diet(upstream) if diet else None), self._aperform)
 
     def call(self, request: Mapping[str, Any],
              upstream: Callable[[dict[str, Any]], Completion]) -> Completion | Reused:
         """``begin``, then ``upstream(ticket.call_request())`` - again on the next tier while the
         answer fails validation - then end the ticket. An upstream error is raised, unless an
         escalation's re-call failed: then the answer before it is returned. A semantic hit chosen
-        for a shadow audit is audited on a thread of its own, after it is returned."""
-        decision = self.begin(request)
+        for a shadow audit is audited on a thread of its own, after it is returned. The prompt
+        diet applies (its history summaries are asked of ``upstream`` too)."""
+        decision = self.begin(request, diet=True, upstream=upstream)
         if isinstance(decision, Reused):
             self.audit(request, decision, upstream)
             return decision
@@ -250,7 +271,7 @@ class Thrifty:
                     upstream: Callable[[dict[str, Any]], Awaitable[Completion]]) -> Completion | Reused:
         """Async twin of :meth:`call`: an audit runs as a task of the event loop, never awaited by
         the caller."""
-        decision = await self.abegin(request)
+        decision = await self.abegin(request, diet=True, upstream=upstream)
         if isinstance(decision, Reused):
             self.aaudit(request, decision, upstream)
             return decision
@@ -437,8 +458,10 @@ class Thrifty:
             return Reused(found.answer, found.tier, found.saved_cost, found.saved_tokens, found.similarity, found)
         return None
 
-    def _plan(self, request: Mapping[str, Any]) -> Plan[Reused | Ticket]:
+    def _plan(self, request: Mapping[str, Any], diet: _Diet | None) -> Plan[Reused | Ticket]:
         canon = canonicalize(request, self.settings)
+        if diet is not None:
+            canon = self.diet.scoped(request, canon)
         deadline: float | None = None
         while True:  # once; again when a leader we waited for failed in a way worth retrying
             found: Lookup = yield _Lookup(canon)
@@ -448,7 +471,7 @@ class Thrifty:
             vector = found.vector
             alone = self._never_join(canon, request)
             if alone:
-                return (yield from self._prepared(self._ticket(request, canon, alone, found), vector))
+                return (yield from self._prepared(self._ticket(request, canon, alone, found), vector, diet))
             key: Any = canon.exact_key
             if self.settings.dedup.join_near_duplicates and canon.semantic_text is not None:
                 if vector is None:
@@ -465,7 +488,8 @@ class Thrifty:
                 if status == "ok":
                     return self._joined(canon, value)
                 if status == "timeout":
-                    return (yield from self._prepared(self._ticket(request, canon, "deadline", found), vector))
+                    return (yield from self._prepared(self._ticket(request, canon, "deadline", found), vector,
+                                                      diet))
                 if is_deterministic(value):
                     raise value
                 continue  # one of the followers retries; the others join it, or find its answer stored
@@ -484,7 +508,7 @@ class Thrifty:
             leading = Leading(flight, lease, self.flights, on_end=lambda ended: self.near.ended(ended.key))
             ticket = self._ticket(request, canon, "leader", found, leading)
             try:
-                return (yield from self._prepared(ticket, vector))
+                return (yield from self._prepared(ticket, vector, diet))
             except BaseException:
                 ticket.abandon()  # no call will be made: each follower tries for itself
                 raise
@@ -561,8 +585,12 @@ class Thrifty:
         thread.start()
 
     # ------------------------------------------------------------------ routing and budgets
-    def _prepared(self, ticket: Ticket, vector: Vector | None) -> Plan[Ticket]:
+    def _prepared(self, ticket: Ticket, vector: Vector | None, diet: _Diet | None = None) -> Plan[Ticket]:
         router = self.router_for(ticket.request)
+        if diet is not None and self.diet.configured:  # the request as it will be sent (thrifty.diet)
+            cheapest = router.tiers[0].model if router is not None and router.tiers else None
+            ticket.diet = yield from self.diet.plan(ticket.request, ticket.canonical, vector=vector,
+                                                    upstream=diet.upstream, summary_model=cheapest)
         text = ticket.canonical.semantic_text
         if router is not None and router.wants_vector and vector is None and text is not None:
             vector = yield _Embed(text)
@@ -590,13 +618,13 @@ class Thrifty:
         """The worst case of the ticket's tier; under a ``downgrade`` policy, of the first cheaper
         tier that fits (the route then says ``budget``)."""
         try:
-            return ticket.books.reserve(ticket.request, ticket.canonical, ticket.model)
+            return ticket.books.reserve(ticket.sent, ticket.canonical, ticket.model)
         except BudgetExceeded as refused:
             if refused.policy != "downgrade" or ticket.router is None or ticket.route.tier is None:
                 raise
             for tier in ticket.router.cheaper(ticket.route.tier)[1:]:
                 try:
-                    reservation = ticket.books.reserve(ticket.request, ticket.canonical, tier.model)
+                    reservation = ticket.books.reserve(ticket.sent, ticket.canonical, tier.model)
                 except BudgetExceeded:
                     continue
                 ticket.route = Route(tier, ticket.route.score, "budget")
@@ -611,6 +639,8 @@ class Thrifty:
 
     # ------------------------------------------------------------------ performing a plan's operations
     def _perform(self, op: Any) -> Any:
+        if self.diet.owns(op):
+            return self.diet.perform(op)
         if isinstance(op, _Lookup):
             return self.cache.lookup(op.request)
         if isinstance(op, _Embed):
@@ -631,6 +661,8 @@ class Thrifty:
             return "error", exc
 
     async def _aperform(self, op: Any) -> Any:
+        if self.diet.owns(op):
+            return await self.diet.aperform(op)
         if isinstance(op, _Lookup):
             return await self.cache.alookup(op.request)
         if isinstance(op, _Embed):

@@ -21,6 +21,11 @@ Each :class:`LedgerEvent` is one decision:
   semantic hit was served: ``cost`` what it cost, ``outcome`` ``agree``, ``disagree`` (the pairing
   was blocked and the fresh answer stored) or ``failed``. Audits are not counted among ``calls``:
   the caller never waited for them, and the budgets do not see them (they have a cap of their own);
+* ``diet``: a prompt diet policy applied to a call that was answered (:mod:`thrifty.diet`):
+  ``outcome`` the policy (``output_cap``, ``tool_pruning``, ``compaction``), ``saved_tokens`` the
+  input tokens it removed (an output cap: the worst case's output tokens it cut), ``saved`` those
+  at the model's input price (an output cap: 0), ``detail`` what was done. A history summary's
+  own call is a ``call`` with outcome ``summary`` (counted among the calls, at its cost);
 * ``reported_wrong``: the application reported a served answer wrong
   (:meth:`thrifty.gate.Thrifty.report_wrong`); ``outcome`` says what was done (``blocked``,
   ``evicted`` or ``nothing``).
@@ -46,9 +51,10 @@ from typing import Any, Literal
 
 log = logging.getLogger("thrifty.ledger")
 
-EventKind = Literal["call", "cache_hit", "joined", "refused", "budget_refused", "audit", "reported_wrong"]
-EVENT_KINDS = ("call", "cache_hit", "joined", "refused", "budget_refused", "audit", "reported_wrong")
-CallOutcome = Literal["ok", "rejected", "escalated", "failed"]
+EventKind = Literal["call", "cache_hit", "joined", "refused", "budget_refused", "audit", "reported_wrong",
+                   "diet"]
+EVENT_KINDS = ("call", "cache_hit", "joined", "refused", "budget_refused", "audit", "reported_wrong", "diet")
+CallOutcome = Literal["ok", "rejected", "escalated", "failed", "summary"]
 
 
 @dataclass(frozen=True)

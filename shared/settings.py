@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -283,6 +283,59 @@ class PromptCacheSettings(_Section):
         "A tier's prompt_cache overrides it")
 
 
+class DietPolicySettings(_Section):
+    """One prompt diet policy (:mod:`thrifty.diet`): what is taken out of a call before it is sent.
+    Each part is off until set; they change what the model sees, so they are opted into per
+    agent or namespace. The cache still keys, looks up and stores on the caller's own request."""
+
+    max_tokens: int | None = Field(
+        None, ge=1, description="output cap: the max_tokens a call gets when it sets none (nor "
+        "max_completion_tokens / max_output_tokens); the budget's worst case then uses it. None: off")
+    max_tools: int | None = Field(
+        None, ge=1, description="tool pruning: send only this many tools, those whose name and description are "
+        "closest in meaning to the final user turn, in their original order; a tool named in tool_choice or "
+        "already called in the conversation is always sent (even past this many). None: off")
+    compact_after_turns: int | None = Field(
+        None, ge=2, description="history compaction: past this many turns (a turn: a user message and the "
+        "replies, tool calls and tool results after it), the older turns are replaced by a summary. None: not "
+        "by turns")
+    compact_after_tokens: int | None = Field(
+        None, ge=1, description="history compaction: past this many prompt tokens, the older turns are "
+        "replaced by a summary. None: not by tokens")
+    keep_turns: int = Field(
+        4, ge=1, description="history compaction: the last this many turns (at least) are always sent "
+        "verbatim, as is the system prompt; older turns are replaced in steps, so that consecutive calls of a "
+        "conversation share one summary")
+    summary_model: str | None = Field(
+        None, description="history compaction: the model that writes summaries; None: the router's cheapest "
+        "tier, else the call's own model")
+    summary_max_tokens: int = Field(
+        300, ge=16, description="history compaction: the summary's max_tokens")
+
+    @model_validator(mode="after")
+    def _steps(self) -> DietPolicySettings:
+        both = {"compact_after_turns", "keep_turns"} <= self.model_fields_set
+        if both and self.compact_after_turns is not None and self.compact_after_turns <= self.keep_turns:
+            raise ValueError(f"compact_after_turns ({self.compact_after_turns}) must be more than keep_turns "
+                             f"({self.keep_turns})")
+        return self
+
+
+class PromptDietSettings(_Section):
+    """Prompt diet policies (:mod:`thrifty.diet`), each off by default: output caps, tool pruning
+    and history compaction. ``default`` applies to every call; an override names only the fields
+    it changes (null turns a part off), ``by_namespace`` over ``default``, ``by_agent`` over both."""
+
+    default: DietPolicySettings = Field(default_factory=DietPolicySettings,
+                                        description="the policy of every call (all off by default)")
+    by_agent: dict[str, DietPolicySettings] = Field(
+        default_factory=dict, description="agent name (metadata agent / agent_name / agent_id) -> the fields of "
+        "its policy that differ from by_namespace's and default's")
+    by_namespace: dict[str, DietPolicySettings] = Field(
+        default_factory=dict, description="namespace (as ttl_by_namespace reads it: the cache namespace, else "
+        "the metadata's namespace or agent keys) -> the fields of its policy that differ from default's")
+
+
 class LedgerSettings(_Section):
     """Where the record of calls made and avoided is kept."""
 
@@ -331,6 +384,7 @@ class ThriftySettings(BaseSettings):
     router: RouterSettings = Field(default_factory=RouterSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     prompt_cache: PromptCacheSettings = Field(default_factory=PromptCacheSettings)
+    prompt_diet: PromptDietSettings = Field(default_factory=PromptDietSettings)
     prices: dict[str, ModelPrice] = Field(default_factory=dict, description="model -> price override")
     batch: BatchSettings = Field(default_factory=BatchSettings)
 

@@ -22,7 +22,7 @@ ticket knows nothing else of the gate.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,6 +40,7 @@ from .upstream import LeaderGaveUp, followers_error, is_deterministic
 
 if TYPE_CHECKING:
     from .cache import Lookup, Stored
+    from .diet import Dieted, Trim
 
 
 class Books(Protocol):
@@ -70,6 +71,11 @@ class Books(Protocol):
     def record(self, canonical: CanonicalRequest, *, model: str | None, outcome: CallOutcome,
                detail: str = "") -> None:
         """A call was made and produced no answer (the upstream raised): record it, at no cost."""
+        ...
+
+    def dieted(self, canonical: CanonicalRequest, model: str | None, trims: Sequence[Trim]) -> None:
+        """The prompt diet's policies ``trims`` were applied to the call, answered on ``model``:
+        record what each removed (:mod:`thrifty.diet`)."""
         ...
 
 
@@ -135,6 +141,8 @@ class Ticket:
         route: the router's pick (``route.tier`` is None when the request is not routed).
         reservation: the worst case reserved against the budgets, if any apply.
         escalations: why each answer so far failed validation.
+        diet: the request as it is sent and the prompt diet's policies that made it so
+            (:mod:`thrifty.diet`), when any applied; :attr:`sent` is that request, or ``request``.
     """
 
     def __init__(self, request: Mapping[str, Any], canonical: CanonicalRequest, *, why: str, books: Books,
@@ -148,6 +156,7 @@ class Ticket:
         self.features: Features | None = None
         self.reservation: Reservation | None = None
         self.escalations: list[str] = []
+        self.diet: Dieted | None = None
         self._books = books
         self._cache = cache
         self._leading = leading
@@ -177,9 +186,15 @@ class Ticket:
         model = self.route.model or self.request.get("model")
         return str(model) if model is not None else None
 
+    @property
+    def sent(self) -> Mapping[str, Any]:
+        """The request as it is sent: the caller's, or what the prompt diet made of it. Budgets
+        reserve its worst case; the cache keeps answers under the caller's."""
+        return self.diet.request if self.diet is not None else self.request
+
     def call_request(self) -> dict[str, Any]:
-        """The request to send upstream: the caller's, on :attr:`model`."""
-        return {**self.request, "model": self.model}
+        """The request to send upstream: :attr:`sent` (the caller's, or the dieted one), on :attr:`model`."""
+        return {**self.sent, "model": self.model}
 
     # ------------------------------------------------------------------ routing after the fact
     def validation_failure(self, completion: Completion) -> str | None:
@@ -201,12 +216,12 @@ class Ticket:
         if upper is None:
             return False
         try:
-            reservation = self._books.reserve(self.request, self.canonical, upper.model)
+            reservation = self._books.reserve(self.sent, self.canonical, upper.model)
         except BudgetExceeded:
             return False
         self._fallback = self._priced(failed)
         self._books.settle(self.canonical, self.reservation, self._fallback, outcome="escalated",
-                           detail=f"{reason}: {tier.name} -> {upper.name}", request=self.request)
+                           detail=f"{reason}: {tier.name} -> {upper.name}", request=self.sent)
         if self.features is not None:
             router.escalated(self.features, tier)
         self.escalations.append(reason)
@@ -222,7 +237,7 @@ class Ticket:
         if self.route.tier is None or tier.name == self.route.tier.name:
             return True
         try:
-            reservation = self._books.reserve(self.request, self.canonical, tier.model)
+            reservation = self._books.reserve(self.sent, self.canonical, tier.model)
         except BudgetExceeded:
             return False
         self._books.release(self.reservation)
@@ -287,7 +302,9 @@ class Ticket:
                 yield _Finish(priced)
             self._books.settle(self.canonical, self.reservation, priced,
                                outcome="ok" if rejected is None else "rejected", detail=rejected or "",
-                               request=self.request)
+                               request=self.sent)
+            if self.diet is not None:
+                self._books.dieted(self.canonical, priced.model or self.model, self.diet.trims)
             if rejected is None:
                 yield _Store(priced)
         finally:
@@ -324,7 +341,7 @@ class Ticket:
 
     def _priced(self, completion: Completion) -> Completion:
         """The answer with its tokens (estimated when the provider gave none), model and cost."""
-        return self._books.price(with_usage(completion, self.request, self.model), self.model)
+        return self._books.price(with_usage(completion, self.sent, self.model), self.model)
 
     def _end_once(self) -> bool:
         with self._lock:

@@ -9,8 +9,9 @@ from thrifty.pricing import PriceTable
 from thrifty.settings import ModelPrice
 
 PREMIUM, CHEAP = "gpt-4o", "gpt-4o-mini"
-PRICES = PriceTable({PREMIUM: ModelPrice(input_per_token=2.5e-6, output_per_token=1e-5),
-                     CHEAP: ModelPrice(input_per_token=1.5e-7, output_per_token=6e-7)}, use_litellm=False)
+PRICES = PriceTable({PREMIUM: ModelPrice(input_per_token=2.5e-6, output_per_token=1e-5, cached_input_per_token=1.25e-6),
+                     CHEAP: ModelPrice(input_per_token=1.5e-7, output_per_token=6e-7, cached_input_per_token=7.5e-8)},
+                    use_litellm=False)
 HOSTILE = "<script>alert('pwned')</script>"
 T0 = 1_700_000_000.0
 
@@ -73,8 +74,17 @@ def busy_events(count: int = 400) -> list[LedgerEvent]:
     for i in range(count):
         agent, at = agents[i % len(agents)], T0 + 1.5 * i
         kind = i % 7
-        if kind in (0, 1):
-            events.append(call(CHEAP if i % 3 else PREMIUM, 200 + i % 50, 80 + i % 30, agent=agent, at=at))
+        if kind == 0 and i % 2:  # a batch-lane call, at half price, its prefix read from the provider's cache
+            events.append(LedgerEvent("call", model=PREMIUM, agent=agent, prompt_tokens=1200, completion_tokens=90,
+                                      cost=PRICES.batch().cost(PREMIUM, 1200, 90), lane="batch", at=at))
+        elif kind in (0, 1):
+            cached = 1024 if i % 4 == 1 else 0
+            events.append(LedgerEvent(
+                "call", model=CHEAP if i % 3 else PREMIUM, agent=agent, prompt_tokens=1200 + i % 50,
+                completion_tokens=80 + i % 30, cached_tokens=cached, at=at,
+                cost=PRICES.cost(CHEAP if i % 3 else PREMIUM, 1200 + i % 50, 80 + i % 30, cached_tokens=cached),
+                provider_cache_saved=PRICES.provider_cache_saving(CHEAP if i % 3 else PREMIUM, 1200 + i % 50,
+                                                                  cached_tokens=cached)))
         elif kind == 2:
             events.append(LedgerEvent("cache_hit", model=PREMIUM, agent=agent, saved=0.002, detail="exact", at=at))
         elif kind == 3:

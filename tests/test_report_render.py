@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from report_samples import HOSTILE, PRICES, busy_events, configurations
 from thrifty.html_report import SOURCE_COLOURS, write_report
+from thrifty.savings import SOURCES
 from thrifty.svg_charts import PALETTE
 
 WIDTH, HEIGHT = 1200, 2000
@@ -94,8 +95,8 @@ def test_the_rendered_dom_has_the_charts_and_no_script(chromium: str, tmp_path: 
     assert result.returncode == 0, result.stderr[-3000:]
     dom = result.stdout
     assert len(re.findall(r"<svg\b", dom)) == 5 and len(re.findall(r"<polyline\b", dom)) == 2
-    # bars: 4 configurations, 5 sources of savings, 6 agents, 2 models; and the lines' 2 legend keys
-    assert len(re.findall(r"<rect\b", dom)) == 4 + 5 + 6 + 2 + 2
+    # bars: 4 configurations, 7 sources of savings, 6 agents, 2 models; and the lines' 2 legend keys
+    assert len(re.findall(r"<rect\b", dom)) == 4 + len(SOURCES) + 6 + 2 + 2
     assert "<script" not in dom and "&lt;script&gt;alert('pwned')&lt;/script&gt;" in dom, HOSTILE
     assert console_errors(result.stderr) == []
 
