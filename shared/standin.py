@@ -9,7 +9,8 @@ prints ``http://HOST:PORT/v1`` on its first line once it listens. In a program,
 It needs ``aiohttp`` (a dependency of LiteLLM).
 
 By default the answer is ``[<model>] Answer to: <last user message>``, so a caller can see which
-model answered what, and usage counts one token per four characters. A :class:`World` given to
+model answered what, and usage counts one token per four characters (of the messages' contents and
+the tool definitions). A :class:`World` given to
 :class:`StandIn` takes over for the requests it knows: it says the answer, its token counts and
 how long the model takes (the demo's world answers per ground-truth identity, and a cheap
 model's answer to a hard task fails). Directives in the last user message change the behaviour:
@@ -83,9 +84,11 @@ def tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
-def prompt_tokens(messages: Any) -> int:
-    """The stand-in's token count of a request's messages (their contents, joined)."""
-    return tokens(prompt_text(messages))
+def prompt_tokens(messages: Any, tools: Any = None) -> int:
+    """The stand-in's token count of a request's prompt: its messages' contents, joined, and its
+    tool definitions (as JSON), which providers bill as input too."""
+    listed = tools if isinstance(tools, list) and tools else None
+    return tokens(prompt_text(messages) + (json.dumps(listed) if listed else ""))
 
 
 def last_user_text(messages: Any) -> str:
@@ -241,7 +244,8 @@ class StandIn:
                                      "completion_tokens": scripted.completion_tokens}
         else:
             answer = as_json_if_asked(body, answer)
-            usage = {"prompt_tokens": prompt_tokens(body.get("messages")), "completion_tokens": tokens(answer)}
+            usage = {"prompt_tokens": prompt_tokens(body.get("messages"), body.get("tools")),
+                     "completion_tokens": tokens(answer)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         cached = self.prompt_cache.read(body, model, usage["prompt_tokens"]) if self.prompt_cache else 0
         usage["prompt_tokens_details"] = {"cached_tokens": cached}

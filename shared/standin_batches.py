@@ -216,7 +216,8 @@ class BatchDesk:
             usage = {"prompt_tokens": scripted.prompt_tokens, "completion_tokens": scripted.completion_tokens}
         else:
             answer = as_json_if_asked(body, answer)
-            usage = {"prompt_tokens": prompt_tokens(body.get("messages")), "completion_tokens": tokens(answer)}
+            usage = {"prompt_tokens": prompt_tokens(body.get("messages"), body.get("tools")),
+                     "completion_tokens": tokens(answer)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         self.counts["lines"] += 1
         self.billed.setdefault(model, Counter()).update(

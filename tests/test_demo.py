@@ -138,6 +138,13 @@ def test_the_batch_lane_answers_the_summaries_it_defers(demo_run: tuple[dict[str
     assert batch["batch_lines"] > 0 and batch["errors"] == 0 and batch["wrong_answers"] == 0
     assert all(row["batch_lines"] == 0 for name, row in rows.items() if name != batch["name"])
 
+def test_tool_pruning_takes_tokens_out_and_no_answer_goes_wrong(demo_run: tuple[dict[str, Any], Path]) -> None:
+    numbers, _ = demo_run
+    rows = {row["name"]: row for row in numbers["configurations"]}
+    pruned = rows["thrifty: all parts + tool pruning (2 of 8)"]
+    assert pruned["diet_tokens_removed"] > 0 and pruned["errors"] == 0 and pruned["wrong_answers"] == 0
+    assert all(row["diet_tokens_removed"] == 0 for name, row in rows.items() if name != pruned["name"])
+
 def test_the_provider_s_prompt_cache_is_billed_and_shown_apart(demo_run: tuple[dict[str, Any], Path]) -> None:
     numbers, _ = demo_run
     rows = {row["name"]: row for row in numbers["configurations"]}

@@ -36,6 +36,8 @@ AUDIT_RATE = 0.02
 ALL_PARTS = "thrifty: + budgets (all parts)"
 REDIS_ALL_PARTS = "thrifty on Redis (all parts)"
 BATCH_LANE = "thrifty: all parts + batch lane (summaries)"
+TOOL_PRUNING_DIET = {"default": {"max_tools": 2}}  # the prompt diet's tool pruning, for every agent
+TOOL_PRUNING = "thrifty: all parts + tool pruning (2 of 8)"
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ def configurations(folder: Path, *, redis_url: str | None = None) -> list[Config
     own cache and ledger under ``folder``."""
 
     def thrifty(name: str, *, dedup: bool = True, budgets: bool = False, redis: bool = False,
-                audits: bool = False) -> ThriftySettings:
+                audits: bool = False, diet: dict[str, Any] | None = None) -> ThriftySettings:
         place = folder / name
         fields: dict[str, Any] = {
             "cache": {"path": place / "cache.sqlite3"},
@@ -76,6 +78,8 @@ def configurations(folder: Path, *, redis_url: str | None = None) -> list[Config
             fields["budget"] = {"limits": [{"scope": "request", "usd": REQUEST_LIMIT_USD}]}
         if audits:
             fields["cache"].update(audit_rate=AUDIT_RATE, audit_first=1, audit_seed=7)
+        if diet:
+            fields["prompt_diet"] = diet
         if redis:
             fields["redis"] = {"url": redis_url, "key_prefix": _redis_prefix()}
             fields["cache"]["backend"] = "redis"
@@ -94,6 +98,7 @@ def configurations(folder: Path, *, redis_url: str | None = None) -> list[Config
         Configuration("thrifty: + routing", model="auto", thrifty=thrifty("routing")),
         Configuration(ALL_PARTS, model="auto", thrifty=thrifty("all", budgets=True)),
         Configuration(BATCH_LANE, model="auto", thrifty=thrifty("batch", budgets=True), deferred=("summariser",)),
+        Configuration(TOOL_PRUNING, model="auto", thrifty=thrifty("pruned", budgets=True, diet=TOOL_PRUNING_DIET)),
         Configuration("thrifty: planted mistake", model="auto", thrifty=thrifty("planted", budgets=True),
                       planted=True),
         Configuration(f"thrifty: planted mistake + audits {AUDIT_RATE}", model="auto",

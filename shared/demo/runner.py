@@ -94,6 +94,7 @@ class Result:
     reuse_saved_usd: float = 0.0  # what cache hits and joined calls saved, by thrifty's ledger
     provider_cache_saved_usd: float = 0.0  # what the provider's prompt cache saved on the calls made
     batch_lines: int = 0  # calls sent through the batch lane (among upstream_calls), at the batch price
+    diet_tokens_removed: int = 0  # input tokens the prompt diet took out of the calls, by thrifty's count
     planted: bool = False  # run with the verifier's planted mistake
     ledger_path: str | None = None
     records: list[CallRecord] = field(default_factory=list, repr=False)
@@ -257,6 +258,7 @@ async def run(config: Configuration, workload: Workload, world: DemoWorld, *, ag
             result.audits, result.audit_cost_usd = totals.audits, totals.audit_cost
             result.audit_disagreements = totals.audit_disagreements
             result.reuse_saved_usd = totals.saved
+            result.diet_tokens_removed = sum(e.saved_tokens for e in gate.ledger.events() if e.kind == "diet")
         return result
     finally:
         if lane is not None:

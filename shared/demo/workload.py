@@ -66,6 +66,34 @@ LOOKUP_TOOL = {"type": "function", "function": {
     "name": "lookup_order", "description": "Look up an order's shipments and carrier events.",
     "parameters": {"type": "object", "properties": {"order": {"type": "string"}}, "required": ["order"]}}}
 
+
+def _tool(name: str, description: str, **properties: str) -> dict[str, Any]:
+    return {"type": "function", "function": {
+        "name": name, "description": description,
+        "parameters": {"type": "object", "properties": {k: {"type": "string", "description": v}
+                                                        for k, v in properties.items()},
+                       "required": list(properties)}}}
+
+
+# the support desk's tool belt: the agents that look things up send all of it with every call
+TOOLS = [
+    LOOKUP_TOOL,
+    _tool("refund_order", "Refund an order in full or in part to the original payment method.",
+          order="the order number", amount="the amount to refund, in dollars", reason="why, for the audit log"),
+    _tool("create_return_label", "Create a prepaid return label for items of an order.",
+          order="the order number", items="the items going back, comma separated"),
+    _tool("update_shipping_address", "Change the delivery address of an order that has not shipped yet.",
+          order="the order number", address="the new address, one line"),
+    _tool("lookup_customer", "Find a customer's account, orders and membership from an e-mail address.",
+          email="the customer's e-mail address"),
+    _tool("check_stock", "Stock of a product at the warehouse and at each store.",
+          product="the product name", city="a store's city, or empty for all"),
+    _tool("open_warranty_claim", "Open a warranty claim for a defective product, with photos.",
+          order="the order number", product="the product", defect="what is wrong with it"),
+    _tool("escalate_to_human", "Hand the ticket to a human agent with a note.",
+          ticket="the ticket number", note="what the human should know"),
+]
+
 CITIES = ("Denver", "Boston", "Seattle", "Austin", "Chicago", "Portland", "Atlanta", "Phoenix")
 PRODUCTS = ("Trailblazer 2 tent", "Summit 45 backpack", "Glacier down jacket", "Ridge trekking poles",
             "Canyon hydration pack", "Alpine sleeping bag")
@@ -257,7 +285,7 @@ class DemoCall:
         if self.json_output:
             request["response_format"] = {"type": "json_object"}
         if self.tools:
-            request["tools"] = [LOOKUP_TOOL]
+            request["tools"] = TOOLS
         return request
 
     @property

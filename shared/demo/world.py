@@ -59,7 +59,7 @@ class DemoWorld:
         call = self.calls.get(messages_digest(messages))
         if call is None:
             return None
-        tokens_in = prompt_tokens(messages)
+        tokens_in = prompt_tokens(messages, body.get("tools"))
         speed = TYPICAL_SPEED.get(_bare(model), DEFAULT_SPEED)
         if call.difficulty == "hard" and _bare(model) not in self.strong:
             text, completion_tokens = REFUSAL, 12
