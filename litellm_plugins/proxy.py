@@ -18,7 +18,9 @@ auth, whatever the request's metadata says; a request for a routed model (``auto
 tier's model name from ``model_list``; a reused answer is served by thrifty's cache through
 LiteLLM's cache path (a cache hit at zero cost in the proxy's spend logs); a budget refusal is an
 HTTP 422 with thrifty's message. Responses carry ``x-thrifty-decision`` (and ``x-thrifty-tier``,
-``x-thrifty-saved-usd``) headers.
+``x-thrifty-saved-usd``) headers. When the proxy's Router retries a call whose attempt failed, the
+retry is decided again with the same tenant and model (the deployment hook would otherwise decide
+it on the deployment's model, with whatever tenant the request's metadata names).
 
 A wrong answer is reported with the chat call itself: ``"metadata": {"thrifty_report_wrong": true}``
 in the request body. The answer that request was served is reported (the gate's ``report_wrong``),
@@ -48,7 +50,7 @@ from typing import Any
 
 from thrifty import Reused, ThriftySettings, Ticket
 
-from .callback import ThriftyCallback
+from .callback import ThriftyCallback, _call_type
 from .translate import CHAT_CALL_TYPES, THRIFTY, call_id_of, decision_info
 
 log = logging.getLogger("thrifty.litellm")
@@ -67,12 +69,16 @@ class ThriftyProxyHandler(ThriftyCallback):
         # what was decided per call id, for the headers of responses that cannot carry it
         # themselves (a stream's wrapper has no room for it); bounded, oldest dropped first
         self._decided: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # the tenant and model each call was decided on, for the proxy Router's retries of it
+        self._origins: OrderedDict[str, tuple[str | None, Any]] = OrderedDict()
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict[str, Any],
                                   call_type: Any) -> dict[str, Any]:
         if str(call_type) not in CHAT_CALL_TYPES or not isinstance(data.get("messages"), list):
             return data
-        state = await self.adecide(data, tenant=tenant_of(user_api_key_dict), recall=_proxy_recall)
+        tenant = tenant_of(user_api_key_dict)
+        origin = (tenant, data.get("model"))
+        state = await self.adecide(data, tenant=tenant, recall=_proxy_recall)
         decision = state.decision
         call_id = call_id_of(data)
         if call_id is not None:
@@ -80,8 +86,10 @@ class ThriftyProxyHandler(ThriftyCallback):
                 self._decided[call_id] = decision_info(decision)
                 if state.reported is not None:
                     self._decided[call_id]["reported"] = state.reported
-                while len(self._decided) > _DECIDED_KEPT:
-                    self._decided.popitem(last=False)
+                self._origins[call_id] = origin
+                for kept in (self._decided, self._origins):
+                    while len(kept) > _DECIDED_KEPT:
+                        kept.popitem(last=False)
         self.apply(state, data)
         if isinstance(decision, Ticket) and decision.route.tier is not None and decision.model is not None:
             data["model"] = decision.model  # a model_name of the proxy's model_list
@@ -92,6 +100,23 @@ class ThriftyProxyHandler(ThriftyCallback):
             data["model"] = router.tiers[0].model
         return data
 
+    async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> dict[str, Any] | None:
+        """A call the pre-call hook decided is decided again here only when the proxy's Router
+        retries it (its attempt failed, and the decision ended with it): as the pre-call hook
+        decided it - the caller's tenant from the proxy's auth, the model the caller asked for -
+        never by the tenant in the request's own metadata, nor on the deployment's model."""
+        call_id = call_id_of(kwargs)
+        with self._lock:
+            origin = self._origins.get(call_id) if call_id is not None else None
+        if origin is None or _call_type(call_type) not in CHAT_CALL_TYPES:
+            return await super().async_pre_call_deployment_hook(kwargs, call_type)
+        state = self.state(kwargs)
+        if state is None:
+            tenant, model = origin
+            state = await self.adecide(kwargs, model=model, tenant=tenant, recall=_proxy_recall)
+        self._watch(str(call_id), kwargs, state)
+        return self.apply(state, kwargs)
+
     async def async_post_call_response_headers_hook(self, data: dict[str, Any], user_api_key_dict: Any,
                                                     response: Any, request_headers: dict[str, str] | None = None,
                                                     litellm_call_info: dict[str, Any] | None = None
@@ -99,6 +124,8 @@ class ThriftyProxyHandler(ThriftyCallback):
         call_id = call_id_of(data)
         with self._lock:
             decided = self._decided.pop(call_id, None) if call_id is not None else None
+            if call_id is not None:
+                self._origins.pop(call_id, None)
         hidden = getattr(response, "_hidden_params", None)
         info = hidden.get(THRIFTY) if isinstance(hidden, Mapping) else None
         if not isinstance(info, Mapping):

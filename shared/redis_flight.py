@@ -18,6 +18,10 @@ stream); ``retry`` on the channel wakes the followers to take over.
 Every Redis call goes through :class:`~thrifty.redis_client.GuardedRedis`: when Redis is
 unreachable, :meth:`RedisFlights.acquire` grants a local lease ("go ahead alone") and
 :meth:`RedisFlights.follow` gives up, so a down Redis costs duplicate calls, never a stuck one.
+A ``SET NX`` whose reply never came (Redis slower than the operation timeout) may still have
+taken the lease, which nobody would renew or release: followers would wait for that phantom
+leader until the lease lapsed. Such a lease is released (if it is still this token's, waking its
+followers to take over) before the process's next acquire that Redis answers.
 """
 
 from __future__ import annotations
@@ -48,7 +52,15 @@ redis.call('PUBLISH', KEYS[3], ARGV[4] == 'done' and ARGV[2] or 'retry')
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', KEYS[2], 'retry')
+end
+return 1
+"""
 _RETRY = "retry"
+_UNCONFIRMED_KEPT = 10_000
 _DOWN = object()  # what a guarded call returns when Redis did not answer
 
 
@@ -100,6 +112,9 @@ class RedisFlights:
         self._lease_ms = int(dedup.lease_seconds * 1000)
         self._renewers: dict[str, threading.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # token -> key of a lease SET whose reply never came: perhaps taken, to release
+        self._unconfirmed: dict[str, str] = {}
+        self._unconfirmed_lock = threading.Lock()
         client = self.redis.client
         self._renew = client.register_script(_RENEW)
         self._finish = client.register_script(_FINISH)
@@ -112,8 +127,11 @@ class RedisFlights:
     def acquire(self, key: str) -> Lease | None:
         token = uuid.uuid4().hex
         lease_key = self.keys(key)[0]
+        self._release_unconfirmed()
+        sent = self.redis.available
         got = self.redis.run(lambda: self.redis.client.set(lease_key, token, nx=True, px=self._lease_ms), _DOWN)
         if got is _DOWN:
+            self._unconfirmed_lease(key, token, sent)
             return local_lease(key)
         if not got:
             return None
@@ -125,14 +143,70 @@ class RedisFlights:
         token = uuid.uuid4().hex
         lease_key = self.keys(key)[0]
         client = self.redis.aclient()
+        await self._arelease_unconfirmed()
+        sent = self.redis.available
         got = await self.redis.arun(lambda: client.set(lease_key, token, nx=True, px=self._lease_ms), _DOWN)
         if got is _DOWN:
+            self._unconfirmed_lease(key, token, sent)
             return local_lease(key)
         if not got:
             return None
         lease = Lease(key, token)
         self._start_renewing_async(lease)
         return lease
+
+    def _unconfirmed_lease(self, key: str, token: str, sent: bool) -> None:
+        """The lease SET for ``key`` failed: if it was sent, it may have taken the lease."""
+        if not sent:  # the breaker was open: nothing reached Redis
+            return
+        with self._unconfirmed_lock:
+            self._unconfirmed[token] = key
+            while len(self._unconfirmed) > _UNCONFIRMED_KEPT:  # the oldest lapse by themselves
+                self._unconfirmed.pop(next(iter(self._unconfirmed)))
+
+    def _take_unconfirmed(self) -> list[tuple[str, str]]:
+        if not self._unconfirmed or not self.redis.available:
+            return []
+        with self._unconfirmed_lock:
+            taken = list(self._unconfirmed.items())
+            self._unconfirmed.clear()
+        return taken
+
+    def _keep_unconfirmed(self, taken: list[tuple[str, str]]) -> None:
+        with self._unconfirmed_lock:
+            for token, key in taken:
+                self._unconfirmed.setdefault(token, key)
+
+    def _release_unconfirmed(self) -> None:
+        taken = self._take_unconfirmed()
+        if not taken:
+            return
+
+        def release() -> Any:
+            pipe = self.redis.client.pipeline(transaction=False)
+            for token, key in taken:
+                lease_key, _, channel = self.keys(key)
+                pipe.eval(_RELEASE, 2, lease_key, channel, token)
+            return pipe.execute()
+
+        if self.redis.run(release, _DOWN) is _DOWN:
+            self._keep_unconfirmed(taken)
+
+    async def _arelease_unconfirmed(self) -> None:
+        taken = self._take_unconfirmed()
+        if not taken:
+            return
+        client = self.redis.aclient()
+
+        async def release() -> Any:
+            pipe = client.pipeline(transaction=False)
+            for token, key in taken:
+                lease_key, _, channel = self.keys(key)
+                pipe.eval(_RELEASE, 2, lease_key, channel, token)
+            return await pipe.execute()
+
+        if await self.redis.arun(release, _DOWN) is _DOWN:
+            self._keep_unconfirmed(taken)
 
     def finish(self, lease: Lease, outcome: Outcome) -> None:
         self._stop_renewing(lease)

