@@ -228,9 +228,9 @@ def _report(args: argparse.Namespace) -> int:
               f"${total.provider_cache_saved:.6f} saved on the calls made")
     for line in _diet_lines(diet):
         print(line)
-    print(f"\n{'saved by source':<20}{'$':>14}")
+    print(f"\n{'saved by source':<26}{'$':>14}")
     for source, dollars in sources.as_dict().items():
-        print(f"{SOURCE_LABELS[source]:<20}{dollars:>14.6f}")
+        print(f"{SOURCE_LABELS[source]:<26}{dollars:>14.6f}")
     if budgets:
         print(f"\n{'budget':<36}{'limit $':>10}{'spent $':>12}{'left $':>12}")
         for label, limit, spent in budgets:
