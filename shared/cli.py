@@ -256,18 +256,23 @@ def _diet_lines(diet: dict[str, DietSaving]) -> list[str]:
 
 
 def _prompts_report(events: list[LedgerEvent], prices: PriceTable, *, as_json: bool) -> int:
+    from .diet import diet_savings
     from .ledger import summarize
     from .prompt_report import format_prompt_rows, prompt_rows
 
     rows = prompt_rows(events, prices)
     total = summarize(events)
+    diet = diet_savings(events)
     if as_json:
         print(json.dumps({"prompt_parts": [r.as_dict() for r in rows], "cached_tokens": total.cached_tokens,
-                          "provider_cache_saved": total.provider_cache_saved}))
+                          "provider_cache_saved": total.provider_cache_saved,
+                          "prompt_diet": {policy: row.as_dict() for policy, row in diet.items()}}))
         return 0
     print(format_prompt_rows(rows))
     print(f"\nprovider's prompt cache, all calls: {total.cached_tokens} input tokens read from it, "
           f"${total.provider_cache_saved:.6f} saved")
+    for line in _diet_lines(diet):
+        print(line)
     return 0
 
 

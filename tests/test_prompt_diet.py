@@ -321,6 +321,11 @@ def test_compaction_replaces_the_oldest_turns_once_per_conversation_and_keeps_to
     assert report["saved_usd"] == pytest.approx(sum(e.saved for e in diet_events(callback, "compaction")))
     assert thrifty_main(["report", str(tmp_path / "ledger.jsonl")]) == 0
     assert "prompt diet, history compaction: 3 calls" in capsys.readouterr().out
+    # where the tokens go says it too, beside the recurring parts
+    assert thrifty_main(["report", str(tmp_path / "ledger.jsonl"), "--prompts"]) == 0
+    assert "prompt diet, history compaction: 3 calls" in capsys.readouterr().out
+    assert thrifty_main(["report", str(tmp_path / "ledger.jsonl"), "--prompts", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["prompt_diet"]["compaction"]["calls"] == 3
 
 
 def test_compaction_fails_open_when_the_summary_call_fails(standin: Standin, thrifty_with: Any, sent: Sent) -> None:
