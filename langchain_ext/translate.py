@@ -163,6 +163,7 @@ def cache_request(prompt: str, llm_string: str, metadata: Mapping[str, Any]) -> 
     for source, field in _OUTPUT_FIELDS.items():
         if settings.get(source) is not None:
             request[field] = settings[source]
+    _carry_timeout(request, settings)
     readable = messages is not None and (constructor is not None or call is not None)
     if readable:
         assert messages is not None
@@ -187,11 +188,23 @@ def router_request(model: str, messages: Sequence[BaseMessage], stop: list[str] 
             request[field] = settings[source]
     if stop:
         request["stop"] = list(stop)
+    _carry_timeout(request, settings)
     extra = answer_relevant({k: v for k, v in settings.items() if k not in _OUTPUT_FIELDS})
     if extra:
         request[SCOPE_EXTRA] = json.loads(json.dumps(extra, default=repr))
     request["metadata"] = dict(metadata)
     return request
+
+
+def _carry_timeout(request: dict[str, Any], settings: Mapping[str, Any]) -> None:
+    """The model's own timeout in seconds (``timeout`` / ``request_timeout``), as the request's
+    ``timeout``: a caller that joins an identical call in flight waits no longer than it
+    (:attr:`thrifty.request.CanonicalRequest.timeout`). Not part of the scope."""
+    for name in ("timeout", "request_timeout"):
+        value = settings.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            request["timeout"] = float(value)
+            return
 
 
 def completion_of(message: AIMessage, *, model: str | None, extra: Mapping[str, Any] | None = None) -> Completion:

@@ -135,3 +135,20 @@ def test_a_burst_of_thirty_is_one_upstream_call(standin: Standin, gate: Thrifty)
     results = asyncio.run(burst())
     assert standin.calls() == 1 and len({m.content for m in results}) == 1
     assert sorted(info(m)["decision"] for m in results) == ["call"] + ["joined"] * 29
+
+
+def test_a_models_timeout_bounds_how_long_its_caller_waits_for_an_identical_call() -> None:
+    from langchain_core.load import dumps
+    from thrifty.request import canonicalize
+
+    from langchain_ext.translate import cache_request, router_request
+
+    prompt = dumps([SystemMessage(SYSTEM), HumanMessage("Where is order 4471?")])
+    patient = ChatOpenAI(model="gpt-4o-mini", api_key="sk-standin", max_retries=0)  # type: ignore[arg-type]
+    hurried = ChatOpenAI(model="gpt-4o-mini", api_key="sk-standin", max_retries=0, timeout=0.5)  # type: ignore[arg-type]
+    waits = canonicalize(cache_request(prompt, hurried._get_llm_string(), {}))
+    assert waits.timeout == 0.5
+    unbounded = canonicalize(cache_request(prompt, patient._get_llm_string(), {}))
+    assert unbounded.timeout is None and unbounded.exact_key == waits.exact_key  # the same answer serves both
+    routed = router_request("auto", [HumanMessage("Where is order 4471?")], None, {"timeout": 2}, {}, {})
+    assert canonicalize(routed).timeout == 2.0
