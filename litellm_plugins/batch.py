@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import litellm
-from thrifty import Completion, Thrifty
+from thrifty import BudgetExceeded, Completion, Thrifty
 from thrifty.batch_lane import (
     BatchLane as CoreLane,
 )
@@ -56,7 +56,8 @@ from thrifty.batch_queue import BatchQueue
 from thrifty.request import OUTPUT_PARAMS
 from thrifty.settings import BatchSettings
 
-from .translate import THRIFTY, completion_of, thrifty_request
+from .errors import BudgetExceededError
+from .translate import THRIFTY, completion_of, response_dict, thrifty_request
 
 __all__ = ["BatchLane", "BatchLineFailed", "Deferred", "LiteLLMBatchProvider"]
 
@@ -131,7 +132,7 @@ class LiteLLMBatchProvider:
         return results
 
     def completion(self, body: Mapping[str, Any]) -> Completion:
-        return completion_of(dict(body))
+        return completion_of(body)
 
 
 class BatchLane:
@@ -157,8 +158,6 @@ class BatchLane:
             callback = installed()
             gate = callback.gate if callback is not None else Thrifty()
         self.provider = LiteLLMBatchProvider(custom_llm_provider=custom_llm_provider, **litellm_kwargs)
-        if isinstance(queue, (str, Path)):
-            queue = BatchQueue(queue)
         self.lane = CoreLane(gate, self.provider, settings, queue=queue, on_stage=on_stage)
 
     @property
@@ -171,10 +170,6 @@ class BatchLane:
         used). Returns at once a future of the ``litellm.ModelResponse``, whose ``request_id``
         names it for :meth:`result`. Raises :class:`~litellm_plugins.BudgetExceededError` when a
         budget refuses it even at the batch price."""
-        from thrifty import BudgetExceeded
-
-        from .errors import BudgetExceededError
-
         request = thrifty_request(kwargs)
         try:
             inner = await self.lane.defer(request)
@@ -187,8 +182,8 @@ class BatchLane:
                 return
             if done.cancelled():
                 outer.cancel()
-            elif done.exception() is not None:
-                outer.set_exception(done.exception())
+            elif (error := done.exception()) is not None:
+                outer.set_exception(error)
             else:
                 outer.set_result(model_response(done.result()))
 
@@ -242,8 +237,7 @@ class BatchLane:
 def model_response(delivered: Delivered) -> litellm.ModelResponse:
     """A delivered answer as the ``litellm.ModelResponse`` ``acompletion`` would have returned,
     with ``_hidden_params["thrifty"]`` saying how it was answered."""
-    answer = {k: v for k, v in delivered.answer.items() if k not in ("_hidden_params", THRIFTY)}
-    response = litellm.ModelResponse(**answer)
+    response = litellm.ModelResponse(**response_dict(delivered.answer))
     decision = {"batch": "batch", "lane_joined": "batch_joined", "joined": "joined"}.get(delivered.source,
                                                                                          "cache_hit")
     response._hidden_params[THRIFTY] = {"decision": decision, "source": delivered.source,

@@ -46,6 +46,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from thrifty import Reused, ThriftySettings, Ticket
@@ -60,36 +61,42 @@ _handler: ThriftyProxyHandler | None = None
 _lock = threading.Lock()
 
 
+@dataclass(frozen=True)
+class _Decided:
+    """What the pre-call hook decided for a call: ``info`` for the headers of responses that cannot
+    carry it themselves (a stream's wrapper has no room for it), and the tenant and model it was
+    decided on, for the proxy Router's retries of it."""
+
+    info: dict[str, Any]
+    tenant: str | None
+    model: Any
+
+
 class ThriftyProxyHandler(ThriftyCallback):
     """:class:`ThriftyCallback` with the proxy's own hooks: decide per request with the caller's
     team or key as tenant, route by model name, say what was decided in response headers."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # what was decided per call id, for the headers of responses that cannot carry it
-        # themselves (a stream's wrapper has no room for it); bounded, oldest dropped first
-        self._decided: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        # the tenant and model each call was decided on, for the proxy Router's retries of it
-        self._origins: OrderedDict[str, tuple[str | None, Any]] = OrderedDict()
+        # what was decided per call id; bounded, oldest dropped first
+        self._decided: OrderedDict[str, _Decided] = OrderedDict()
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict[str, Any],
                                   call_type: Any) -> dict[str, Any]:
         if str(call_type) not in CHAT_CALL_TYPES or not isinstance(data.get("messages"), list):
             return data
-        tenant = tenant_of(user_api_key_dict)
-        origin = (tenant, data.get("model"))
+        tenant, model = tenant_of(user_api_key_dict), data.get("model")
         state = await self.adecide(data, tenant=tenant, recall=_proxy_recall)
         decision = state.decision
         call_id = call_id_of(data)
         if call_id is not None:
+            info = decision_info(decision)
+            if state.reported is not None:
+                info["reported"] = state.reported
             with self._lock:
-                self._decided[call_id] = decision_info(decision)
-                if state.reported is not None:
-                    self._decided[call_id]["reported"] = state.reported
-                self._origins[call_id] = origin
-                for kept in (self._decided, self._origins):
-                    while len(kept) > _DECIDED_KEPT:
-                        kept.popitem(last=False)
+                self._decided[call_id] = _Decided(info, tenant, model)
+                while len(self._decided) > _DECIDED_KEPT:
+                    self._decided.popitem(last=False)
         self.apply(state, data)
         if isinstance(decision, Ticket) and decision.route.tier is not None and decision.model is not None:
             data["model"] = decision.model  # a model_name of the proxy's model_list
@@ -107,13 +114,12 @@ class ThriftyProxyHandler(ThriftyCallback):
         never by the tenant in the request's own metadata, nor on the deployment's model."""
         call_id = call_id_of(kwargs)
         with self._lock:
-            origin = self._origins.get(call_id) if call_id is not None else None
-        if origin is None or _call_type(call_type) not in CHAT_CALL_TYPES:
+            decided = self._decided.get(call_id) if call_id is not None else None
+        if decided is None or _call_type(call_type) not in CHAT_CALL_TYPES:
             return await super().async_pre_call_deployment_hook(kwargs, call_type)
         state = self.state(kwargs)
         if state is None:
-            tenant, model = origin
-            state = await self.adecide(kwargs, model=model, tenant=tenant, recall=_proxy_recall)
+            state = await self.adecide(kwargs, model=decided.model, tenant=decided.tenant, recall=_proxy_recall)
         self._watch(str(call_id), kwargs, state)
         return self.apply(state, kwargs)
 
@@ -124,12 +130,11 @@ class ThriftyProxyHandler(ThriftyCallback):
         call_id = call_id_of(data)
         with self._lock:
             decided = self._decided.pop(call_id, None) if call_id is not None else None
-            if call_id is not None:
-                self._origins.pop(call_id, None)
+        kept = decided.info if decided is not None else {}
         hidden = getattr(response, "_hidden_params", None)
         info = hidden.get(THRIFTY) if isinstance(hidden, Mapping) else None
         if not isinstance(info, Mapping):
-            info = decided
+            info = decided.info if decided is not None else None
         if not isinstance(info, Mapping):
             return None
         headers = {"x-thrifty-decision": str(info.get("decision"))}
@@ -137,7 +142,7 @@ class ThriftyProxyHandler(ThriftyCallback):
             headers["x-thrifty-tier"] = str(info["tier"])
         if info.get("saved_cost") is not None:
             headers["x-thrifty-saved-usd"] = f"{float(info['saved_cost']):.8f}"
-        reported = info.get("reported") or (decided or {}).get("reported")
+        reported = info.get("reported") or kept.get("reported")
         if reported:
             headers["x-thrifty-reported"] = str(reported)
         return headers

@@ -52,6 +52,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .batch_queue import BatchQueue, QueuedBatch, QueuedRequest
@@ -173,17 +174,20 @@ class BatchLane:
         gate: the :class:`~thrifty.Thrifty` whose cache, flights, router, budgets and ledger apply.
         provider: the provider's batch API.
         settings: default ``gate.settings.batch``.
-        queue: default a :class:`~thrifty.batch_queue.BatchQueue` at ``settings.path``.
+        queue: the durable queue, or the path of its file; default a
+            :class:`~thrifty.batch_queue.BatchQueue` at ``settings.path``.
         on_stage: awaited with (stage, request or batch id) at each of :data:`STAGES` (tests).
     """
 
     def __init__(self, gate: Thrifty, provider: BatchProvider, settings: BatchSettings | None = None, *,
-                 queue: BatchQueue | None = None, on_stage: Stage | None = None,
+                 queue: BatchQueue | str | Path | None = None, on_stage: Stage | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.gate = gate
         self.provider = provider
         self.settings = settings or gate.settings.batch
-        self.queue = queue if queue is not None else BatchQueue(self.settings.path, clock=clock)
+        if not isinstance(queue, BatchQueue):
+            queue = BatchQueue(self.settings.path if queue is None else queue, clock=clock)
+        self.queue = queue
         self.clock = clock
         self._on_stage = on_stage
         self._tickets: dict[str, Ticket] = {}  # this process's open tickets, by request id
@@ -223,11 +227,9 @@ class BatchLane:
 
     def _queue(self, ticket: Ticket, request_id: str | None = None) -> str:
         canon = ticket.canonical
-        reservation = ticket.reservation
-        held = reservation is not None and bool(reservation.charges)
+        held = ticket.reservation if ticket.reservation is not None and ticket.reservation.charges else None
         tier = ticket.route.tier.name if ticket.route.tier is not None else None
-        fields: dict[str, Any] = {"reservation_id": reservation.id if held and reservation else None,
-                                  "reserved": reservation.amount if held and reservation else 0.0,
+        fields: dict[str, Any] = {"reservation_id": held.id if held else None, "reserved": held.amount if held else 0.0,
                                   "model": ticket.model, "tier": tier}
         if request_id is None:
             request_id = self.queue.add(ticket.request, scope=canon.scope, exact_key=canon.exact_key,
@@ -264,15 +266,18 @@ class BatchLane:
             return await self._flush()
 
     async def _flush(self) -> int:
-        for batch in self.queue.batches("building"):  # left by a crash: its file may be up, unused
-            self.queue.unbuild(batch.id)
-        for batch in self.queue.batches("uploaded"):  # left by a crash or a failed create
-            await self._create(batch, recovering=True)
+        await self._finish_half_sent()
         sent = 0
         while rows := self.queue.unbatched(self.settings.max_batch_size):
             await self._send(rows)
             sent += len(rows)
         return sent
+
+    async def _finish_half_sent(self) -> None:
+        for batch in self.queue.batches("building"):  # left by a crash: its file may be up, unused
+            self.queue.unbuild(batch.id)
+        for batch in self.queue.batches("uploaded"):  # left by a crash or a failed create
+            await self._create(batch, recovering=True)
 
     async def _send(self, rows: Sequence[QueuedRequest]) -> None:
         lines: dict[str, str] = {}
@@ -354,9 +359,8 @@ class BatchLane:
         return delivered
 
     async def _deliver(self, row: QueuedRequest) -> None:
-        ticket = self._tickets.pop(row.id, None)
+        ticket = self._tickets.pop(row.id, None) or self._resumed(row)
         if row.error is not None or row.answer is None:
-            ticket = ticket or self._resumed(row)
             error = BatchLineFailed(row.error or "no answer", _status(row.error))
             await ticket.afail(error)
             self.queue.delivered(row.id, "batch")
@@ -364,17 +368,11 @@ class BatchLane:
             return
         completion = self.provider.completion(row.answer)
         if row.line in (None, row.id):
-            ticket = ticket or self._resumed(row)
             await ticket.acomplete(completion, rejected=ticket.validation_failure(completion))
             source = "batch"
         else:  # it shared an identical request's line: that request's call, joined
-            if ticket is not None:
-                ticket.abandon()
-                canon = ticket.canonical
-            else:
-                self._release(row)
-                canon = self._resumed(row).canonical
-            self.gate.books.joined(canon, self.gate.batch_books.price(completion, row.model))
+            ticket.abandon()  # no call of its own: what it reserved is freed
+            self.gate.books.joined(ticket.canonical, self.gate.batch_books.price(completion, row.model))
             source = "lane_joined"
         self.queue.delivered(row.id, source)
         self._resolve(row.id, Delivered(row.id, row.answer, source))
@@ -395,9 +393,8 @@ class BatchLane:
 
     def _release(self, row: QueuedRequest) -> None:
         """Free the reservation an earlier process made for ``row`` (where it is still held)."""
-        if row.reservation_id is not None and self.gate.budget.active:
-            ticket = self._resumed(row)
-            self.gate.batch_books.release(ticket.reservation)
+        if row.reservation_id is not None:
+            self._resumed(row).abandon()  # its reservation is set only where the budget is active
 
     # ------------------------------------------------------------------ after a restart
     async def resume(self) -> int:
@@ -425,10 +422,7 @@ class BatchLane:
             picked += len(self.queue.requests("submitted", "answered"))
             picked += sum(len(self.queue.requests("queued", batch=b.id))
                           for b in self.queue.batches("building", "uploaded"))
-            for batch in self.queue.batches("building"):
-                self.queue.unbuild(batch.id)
-            for batch in self.queue.batches("uploaded"):
-                await self._create(batch, recovering=True)
+            await self._finish_half_sent()
             await self._poll()
             self.queue.expire(self.settings.keep_delivered_seconds)
             return picked

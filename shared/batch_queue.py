@@ -175,28 +175,25 @@ class BatchQueue:
             tier: str | None = None, reservation_id: str | None = None, reserved: float = 0.0,
             request_id: str | None = None) -> str:
         """Queue a request (stored as :func:`storable` keeps it); returns its id."""
-        request_id = request_id or f"thrifty-{uuid.uuid4().hex}"
-        now = self.clock()
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO requests (id, state, request, scope, exact_key, joinable, model, tier, reservation_id,"
-                " reserved, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (request_id, "queued", _dumps(storable(request)), scope, exact_key, int(joinable), model, tier,
-                 reservation_id, reserved, now, now))
-        return request_id
+        return self._insert(request, request_id, state="queued", scope=scope, exact_key=exact_key,
+                            joinable=int(joinable), model=model, tier=tier, reservation_id=reservation_id,
+                            reserved=reserved)
 
     def add_delivered(self, request: Mapping[str, Any], answer: Mapping[str, Any], *, source: str, scope: str,
                       exact_key: str, request_id: str | None = None) -> str:
         """Record a request the gate answered without a batch, already delivered (so that its id
         resolves like any other's)."""
+        return self._insert(request, request_id, state="delivered", scope=scope, exact_key=exact_key, joinable=0,
+                            answer=_dumps(answer), source=source)
+
+    def _insert(self, request: Mapping[str, Any], request_id: str | None, **columns: Any) -> str:
         request_id = request_id or f"thrifty-{uuid.uuid4().hex}"
         now = self.clock()
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO requests (id, state, request, scope, exact_key, joinable, answer, source, created_at,"
-                " updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (request_id, "delivered", _dumps(storable(request)), scope, exact_key, 0, _dumps(answer), source,
-                 now, now))
+        row = {"id": request_id, "request": _dumps(storable(request)), **columns, "created_at": now,
+               "updated_at": now}
+        with self._tx() as db:  # the column names are this module's own, never a caller's
+            db.execute(f"INSERT INTO requests ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                       tuple(row.values()))
         return request_id
 
     def get(self, request_id: str) -> QueuedRequest | None:
@@ -285,11 +282,6 @@ class BatchQueue:
             db.execute("UPDATE requests SET reservation_id = ?, reserved = ?, model = ?, tier = ?, updated_at = ?"
                        " WHERE id = ? AND state = 'queued'",
                        (reservation_id, reserved, model, tier, self.clock(), request_id))
-
-    def forget(self, request_id: str) -> None:
-        """Drop a delivered or failed request's record."""
-        with self._tx() as db:
-            db.execute("DELETE FROM requests WHERE id = ? AND state IN ('delivered', 'failed')", (request_id,))
 
     def expire(self, keep_seconds: float | None) -> int:
         """Drop delivered and failed records older than ``keep_seconds``; how many were dropped."""

@@ -95,9 +95,6 @@ class BlockBook:
             self._blocks.clear()
             self._by_stored.clear()
 
-    def __len__(self) -> int:
-        return len(self._blocks)
-
     def _forget(self, block: Block) -> None:
         on_entry = self._by_stored.get(block.stored_key)
         if on_entry is not None:

@@ -43,6 +43,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
@@ -484,9 +485,7 @@ class EmbeddedStore:
                 if block is None:
                     db.execute("DELETE FROM blocks WHERE stored_key = ? AND new_key = ?", pairing)
                 else:
-                    db.execute("INSERT OR REPLACE INTO blocks VALUES (?,?,?,?,?,?)",
-                               (block.stored_key, block.new_key, block.stored_text, block.new_text,
-                                block.source, block.at))
+                    db.execute("INSERT OR REPLACE INTO blocks VALUES (?,?,?,?,?,?)", astuple(block))  # field order
             except UnicodeEncodeError:
                 log.debug("thrifty: a blocked pairing with text that is not UTF-8 is kept in memory only")
 

@@ -611,7 +611,7 @@ class Thrifty:
             self.books.refused(canon, ticket.model, refused)
             raise
         if ticket.done:  # abandoned while this ran in a thread (its caller was cancelled): give it back
-            self.books.release(ticket.reservation)
+            ticket.books.release(ticket.reservation)
         return ticket
 
     def _reserve(self, ticket: Ticket) -> Reservation | None:

@@ -14,17 +14,18 @@ tool list, the tools' names; of a history, its number of turns.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .privacy import guard_for
+from .request import content_parts, digest
 from .settings import PersonalDataSettings
 
 PART_KINDS = ("tools", "system", "history")  # the order a provider's prompt cache reads a prefix
 LABEL_CHARS = 60
+DIGEST_CHARS = 12
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def _parts(request: Mapping[str, Any]) -> tuple[tuple[PromptPart, ...], int]:
                  if isinstance(t, Mapping)]
         parts.append(PromptPart("tools", _digest(tools), _chars(tools), _shorten(", ".join(names))))
     if system:
-        text = " ".join(_text(m.get("content")) for m in system)
+        text = " ".join(content_parts(m.get("content"))[0] for m in system)
         parts.append(PromptPart("system", _digest([m.get("content") for m in system]),
                                 sum(_chars(m.get("content")) for m in system), _system_label(text)))
     if history:
@@ -88,8 +89,7 @@ def shares(parts: Sequence[Mapping[str, Any]], prompt_chars: int, prompt_tokens:
 
 
 def _digest(value: Any) -> str:
-    data = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.blake2b(data.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
+    return digest(value)[:DIGEST_CHARS]
 
 
 def _chars(value: Any) -> int:
@@ -98,14 +98,6 @@ def _chars(value: Any) -> int:
     if value is None:
         return 0
     return len(json.dumps(value, ensure_ascii=False, default=str))
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
-    return ""
 
 
 def _system_label(text: str) -> str:

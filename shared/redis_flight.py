@@ -177,17 +177,20 @@ class RedisFlights:
             for token, key in taken:
                 self._unconfirmed.setdefault(token, key)
 
+    def _queue_releases(self, pipe: Any, taken: list[tuple[str, str]]) -> Any:
+        """``pipe`` with a release of each (token, key) in ``taken`` queued."""
+        for token, key in taken:
+            lease_key, _, channel = self.keys(key)
+            pipe.eval(_RELEASE, 2, lease_key, channel, token)
+        return pipe
+
     def _release_unconfirmed(self) -> None:
         taken = self._take_unconfirmed()
         if not taken:
             return
 
         def release() -> Any:
-            pipe = self.redis.client.pipeline(transaction=False)
-            for token, key in taken:
-                lease_key, _, channel = self.keys(key)
-                pipe.eval(_RELEASE, 2, lease_key, channel, token)
-            return pipe.execute()
+            return self._queue_releases(self.redis.client.pipeline(transaction=False), taken).execute()
 
         if self.redis.run(release, _DOWN) is _DOWN:
             self._keep_unconfirmed(taken)
@@ -199,11 +202,7 @@ class RedisFlights:
         client = self.redis.aclient()
 
         async def release() -> Any:
-            pipe = client.pipeline(transaction=False)
-            for token, key in taken:
-                lease_key, _, channel = self.keys(key)
-                pipe.eval(_RELEASE, 2, lease_key, channel, token)
-            return await pipe.execute()
+            return await self._queue_releases(client.pipeline(transaction=False), taken).execute()
 
         if await self.redis.arun(release, _DOWN) is _DOWN:
             self._keep_unconfirmed(taken)

@@ -120,12 +120,12 @@ def canonicalize(request: Mapping[str, Any], settings: ThriftySettings | None = 
     messages: Sequence[Mapping[str, Any]] = request.get("messages")  # type: ignore[assignment]
     invalid = _unreadable(messages)
     if invalid is not None:
-        key = _digest({"invalid": dict(request)})
+        key = digest({"invalid": dict(request)})
         return CanonicalRequest(scope=key, exact_key=key, text="", semantic_text=None, skip_semantic="invalid",
                                 invalid=invalid, **owners)
 
     last = messages[-1]
-    text, attachments = _content_text(last.get("content"))
+    text, attachments = content_parts(last.get("content"))
     personal: tuple[str, ...] = ()
     if personal_data.mode != "off":
         personal = tuple(guard_for(personal_data).find(_all_texts(messages)))
@@ -143,8 +143,8 @@ def canonicalize(request: Mapping[str, Any], settings: ThriftySettings | None = 
         scope_doc["user"] = user
     if request.get(SCOPE_EXTRA) is not None:
         scope_doc["extra"] = request[SCOPE_EXTRA]
-    scope = _digest(scope_doc)
-    exact_key = _digest({"scope": scope, "text": normalize_for_key(text)})
+    scope = digest(scope_doc)
+    exact_key = digest({"scope": scope, "text": normalize_for_key(text)})
 
     skip = None
     if last.get("role") != "user":
@@ -214,8 +214,9 @@ def _positive_float(value: Any) -> float | None:
     return number if number > 0 else None
 
 
-def _content_text(content: Any) -> tuple[str, list[str]]:
-    """The text of a message's content, and digests of its non-text parts."""
+def content_parts(content: Any) -> tuple[str, list[str]]:
+    """The text of a message's content (a string, or the text parts of a list, joined), and
+    digests of its non-text parts."""
     if content is None:
         return "", []
     if isinstance(content, str):
@@ -230,9 +231,9 @@ def _content_text(content: Any) -> tuple[str, list[str]]:
                   and isinstance(part.get("text"), str)):
                 texts.append(part["text"])
             else:
-                attachments.append(_digest(part))
+                attachments.append(digest(part))
         return "\n".join(texts), attachments
-    return "", [_digest(content)]
+    return "", [digest(content)]
 
 
 def _canonical_message(message: Mapping[str, Any]) -> dict[str, Any]:
@@ -243,12 +244,14 @@ def _canonical_message(message: Mapping[str, Any]) -> dict[str, Any]:
 def _all_texts(messages: Sequence[Mapping[str, Any]]) -> list[str]:
     texts = []
     for m in messages:
-        text, _ = _content_text(m.get("content"))
+        text, _ = content_parts(m.get("content"))
         texts.append(text)
     return texts
 
 
-def _digest(value: Any) -> str:
+def digest(value: Any) -> str:
+    """A SHA-256 hex digest of ``value`` as canonical JSON (sorted keys; mixed-type keys and lone
+    surrogates digested, never an error)."""
     try:
         blob = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=repr)
     except TypeError:  # keys of mixed types (or of no JSON type) cannot be sorted: keys as strings

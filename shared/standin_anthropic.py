@@ -47,10 +47,8 @@ def blocks(body: Mapping[str, Any]) -> Iterator[tuple[str, bool]]:
             yield json.dumps({k: v for k, v in tool.items() if k != "cache_control"}, sort_keys=True), \
                 "cache_control" in tool
     system = body.get("system")
-    if isinstance(system, str):
-        yield system, False
-    for message in [{"content": system}] if isinstance(system, list) else []:
-        yield from _content_blocks(message)
+    if isinstance(system, (str, list)):
+        yield from _content_blocks({"content": system})
     for message in body.get("messages") or []:
         if isinstance(message, Mapping):
             yield from _content_blocks(message)
@@ -96,7 +94,7 @@ class AnthropicPromptCache:
 def add_routes(app: web.Application, standin: StandIn) -> None:
     """Serve ``POST /v1/messages`` for ``standin``, billed in its counters (cache reads as
     ``cached_tokens``, cache writes as ``cache_write_tokens``, both among ``prompt_tokens``)."""
-    from .standin import _DIRECTIVE, last_user_text, tokens
+    from .standin import answer_for, tokens
 
     cache = AnthropicPromptCache()
 
@@ -111,8 +109,7 @@ def add_routes(app: web.Application, standin: StandIn) -> None:
                 "answers on /v1/messages"}}, status=400)
         model = str(body.get("model", ""))
         standin.calls[model] += 1
-        plain = _DIRECTIVE.sub("", last_user_text(body.get("messages") or [])).strip()
-        answer = f"[{model}] Answer to: {plain}"
+        answer, _ = answer_for(body)
         if standin.prompt_cache is not None:
             usage = cache.bill(body, model)
         else:

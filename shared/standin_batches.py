@@ -86,14 +86,9 @@ class BatchDesk:
         purpose = str(form.get("purpose") or "")
         if not isinstance(upload, web.FileField):
             return _error(400, "a multipart 'file' is required")
-        content = upload.file.read()
-        file_id = f"file-standin{uuid.uuid4().hex[:16]}"
-        meta = {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
-                "filename": upload.filename or "upload.jsonl", "purpose": purpose, "status": "processed",
-                "status_details": None}
-        self.files[file_id] = (meta, content)
+        file_id = self._store_file(upload.file.read(), upload.filename or "upload.jsonl", purpose)
         self.counts["files"] += 1
-        return web.json_response(meta)
+        return web.json_response(self.files[file_id][0])
 
     async def _file(self, request: web.Request) -> web.Response:
         found = self.files.get(request.match_info["file_id"])
@@ -105,11 +100,10 @@ class BatchDesk:
             return _error(404, "no such file")
         return web.Response(body=found[1], content_type="application/octet-stream")
 
-    def _add_file(self, lines: list[dict[str, Any]], name: str) -> str:
-        content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    def _store_file(self, content: bytes, name: str, purpose: str) -> str:
         file_id = f"file-standin{uuid.uuid4().hex[:16]}"
         meta = {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
-                "filename": name, "purpose": "batch_output", "status": "processed", "status_details": None}
+                "filename": name, "purpose": purpose, "status": "processed", "status_details": None}
         self.files[file_id] = (meta, content)
         return file_id
 
@@ -196,7 +190,8 @@ class BatchDesk:
                                      "body": body}, "error": None})
         failed = sum(1 for line in out if line["response"]["status_code"] != 200)
         batch.update(status="completed", finalizing_at=now, completed_at=now,
-                     output_file_id=self._add_file(out, f"{batch['id']}_output.jsonl"),
+                     output_file_id=self._store_file("".join(json.dumps(line) + "\n" for line in out).encode(),
+                                                     f"{batch['id']}_output.jsonl", "batch_output"),
                      request_counts={"total": len(lines), "completed": len(lines) - failed, "failed": failed})
 
     def _answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -21,6 +21,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ["THRIFTY_LEDGER__PATH"] = os.path.join(tempfile.mkdtemp(prefix="thrifty-test-ledger-"), "ledger.jsonl")
 
 import pytest
+from sent_bodies import sent  # noqa: F401 - a fixture: the request bodies LiteLLM sent upstream
 from thrifty.cache import SemanticCache
 from thrifty.completion import Completion
 from thrifty.embedded_store import EmbeddedStore

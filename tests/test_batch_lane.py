@@ -117,14 +117,15 @@ def test_budgets_reserve_at_the_batch_price(embedder: SentenceTransformerEmbedde
         with pytest.raises(litellm_plugins.BudgetExceededError):  # synchronously, the worst case does not fit
             await litellm.acompletion(**request, api_base=standin.url, api_key="sk-standin")
         lane = lane_for(gate, standin)
-        future = await lane.defer(**request)  # at the batch price it does
-        with pytest.raises(litellm_plugins.BudgetExceededError):  # and the limit holds: not twice
-            await lane.defer(**ask("Classify that ticket.", max_tokens=200))
-        await lane.flush()
-        while not future.done():
-            await lane.poll()
-            await asyncio.sleep(0.01)
+        async with lane:  # polled in the background
+            future = await lane.defer(**request)  # at the batch price it does
+            with pytest.raises(litellm_plugins.BudgetExceededError):  # and the limit holds: not twice
+                await lane.defer(**ask("Classify that ticket.", max_tokens=200))
+            await lane.flush()
+            response = await asyncio.wait_for(future, 30)
         lane.close()
+        assert content(response) == f"[{MODEL}] Answer to: Classify this ticket."
+        assert response._hidden_params["thrifty"]["source"] == "batch"
 
     litellm_plugins.install(gate=gate)
     try:

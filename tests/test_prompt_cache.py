@@ -21,6 +21,7 @@ from typing import Any
 import litellm
 import pytest
 from conftest import Standin, wait_for
+from sent_bodies import Sent
 from thrifty.cli import main as thrifty_main
 from thrifty.embedder import SentenceTransformerEmbedder
 from thrifty.gate import Thrifty
@@ -117,17 +118,6 @@ def test_the_prompt_cache_setting_is_read_per_tier_then_for_every_call() -> None
 
 
 # ------------------------------------------------------------------ through real LiteLLM
-class Responses(litellm.integrations.custom_logger.CustomLogger):  # type: ignore[misc,name-defined]
-    """The request bodies LiteLLM sent upstream, as LiteLLM logged them before the call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[Any] = []
-
-    def log_pre_api_call(self, model: str, messages: Any, kwargs: dict[str, Any]) -> None:
-        self.sent.append((kwargs.get("additional_args") or {}).get("complete_input_dict"))
-
-
 @pytest.fixture
 def thrifty_with(embedder: SentenceTransformerEmbedder, tmp_path: Path) -> Iterator[Any]:
     def install(**settings: Any) -> ThriftyCallback:
@@ -195,18 +185,14 @@ def test_openai_s_automatic_prompt_cache_is_priced_through_litellm_and_shown_apa
 
 
 def test_claude_s_prompt_cache_is_turned_on_through_litellm_s_own_marks(
-        standin: Standin, thrifty_with: Any) -> None:
-    callback, sent = thrifty_with(), Responses()
-    litellm.callbacks.append(sent)
-    try:
-        system = handbook("claude-auto")
-        responses = ask(standin, CLAUDE, system, ["Where is order 1001?", "Do you ship to Norway?"])
-    finally:
-        litellm.callbacks.remove(sent)
+        standin: Standin, thrifty_with: Any, sent: Sent) -> None:
+    callback = thrifty_with()
+    system = handbook("claude-auto")
+    responses = ask(standin, CLAUDE, system, ["Where is order 1001?", "Do you ship to Norway?"])
     usage = [r.usage for r in responses]
     assert usage[0].cache_creation_input_tokens >= len(system) // 4 and usage[0].cache_read_input_tokens == 0
     assert usage[1].cache_read_input_tokens >= len(system) // 4
-    assert any("cache_control" in json.dumps(body) for body in sent.sent)  # LiteLLM's marks, not thrifty's
+    assert any("cache_control" in json.dumps(body) for body in sent.to(CLAUDE))  # LiteLLM's marks, not thrifty's
     books_match(callback, responses, standin, CLAUDE)
 
 

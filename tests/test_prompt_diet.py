@@ -10,7 +10,6 @@ billed; the ledger says what each policy removed and what the summaries cost.
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import litellm
 import pytest
 from conftest import Standin, wait_for
 from litellm import Router
+from sent_bodies import Sent
 from thrifty.cli import main as thrifty_main
 from thrifty.compaction import replaced_span, transcript, turn_starts
 from thrifty.diet import PromptDiet, protected_tools
@@ -34,29 +34,6 @@ from litellm_plugins import BudgetExceededError, CostAwareRouting, ThriftyCallba
 MODEL = "openai/gpt-4o"
 CHEAP = "openai/gpt-4o-mini"
 SYSTEM = "You are the support agent of Acme Outdoor. Answer briefly and quote order numbers."
-
-
-class Sent(litellm.integrations.custom_logger.CustomLogger):  # type: ignore[misc,name-defined]
-    """The request bodies LiteLLM sent upstream, as LiteLLM logged them before each call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bodies: list[dict[str, Any]] = []
-
-    def log_pre_api_call(self, model: str, messages: Any, kwargs: dict[str, Any]) -> None:
-        self.bodies.append(copy.deepcopy((kwargs.get("additional_args") or {}).get("complete_input_dict")))
-
-    def to(self, model: str) -> list[dict[str, Any]]:
-        return [b for b in self.bodies if b.get("model") == model.split("/", 1)[1]]
-
-
-@pytest.fixture
-def sent() -> Iterator[Sent]:
-    logger = Sent()
-    litellm.callbacks.append(logger)
-    yield logger
-    if logger in litellm.callbacks:
-        litellm.callbacks.remove(logger)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """What the fault tests share (``test_faults.py`` through the SDK, ``test_proxy_faults.py`` through
-the proxy): a measured-number printer, a provider that resets every connection, a Redis of a test's
-own to pause, kill and restart, and a TCP relay that slows Redis down."""
+the proxy, and ``test_store_limits.py``'s cache-file faults): a measured-number printer, thrifty
+installed in LiteLLM's SDK and the calls made through it, a provider that resets every connection, a
+Redis of a test's own to pause, kill and restart, and a TCP relay that slows Redis down."""
 
 from __future__ import annotations
 
@@ -12,9 +13,18 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import Standin, redis_binaries, wait_for
+from conftest import SYSTEM, Standin, redis_binaries, wait_for
+from thrifty.embedder import SentenceTransformerEmbedder
+from thrifty.gate import Thrifty
+from thrifty.settings import ThriftySettings
+
+import litellm_plugins
+from litellm_plugins import ThriftyCallback
+
+MODEL = "openai/gpt-4o-mini"
 
 
 def report(line: str) -> None:
@@ -29,6 +39,39 @@ def questions(n: int, start: int = 0) -> list[tuple[str, str, str]]:
         number = str(10_000 + i)
         out.append((f"What is the status of order {number}?", f"what's the status of order {number}", number))
     return out
+
+
+# ------------------------------------------------------------------------------------ thrifty in the SDK
+
+
+def install(embedder: SentenceTransformerEmbedder, **settings: Any) -> ThriftyCallback:
+    """thrifty installed in LiteLLM with ``settings`` (no ledger file unless given)."""
+    settings.setdefault("ledger", {"path": None})
+    return litellm_plugins.install(gate=Thrifty(ThriftySettings(**settings), embedder=embedder))
+
+
+def kwargs_for(api_base: str, text: str, **extra: Any) -> dict[str, Any]:
+    """The kwargs of a chat call asking ``text`` of the provider at ``api_base``, with no retries."""
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+    return {"model": MODEL, "messages": messages, "api_base": api_base, "api_key": "sk-standin",
+            "num_retries": 0, **extra}
+
+
+def decision(response: Any) -> str:
+    return str((response._hidden_params.get("thrifty") or {}).get("decision"))
+
+
+def content(response: Any) -> str:
+    return str(response.choices[0].message.content)
+
+
+def stored(callback: ThriftyCallback, n: int, timeout: float = 30) -> None:
+    """Wait until the cache has stored (or declined to store) ``n`` answers."""
+    def done() -> bool:
+        stats = callback.gate.cache.stats  # a snapshot
+        return stats.stores + sum(stats.store_skips.values()) >= n
+
+    wait_for(done, timeout=timeout, what=f"{n} answers stored")
 
 
 # ------------------------------------------------------------------------------------ the provider

@@ -31,14 +31,14 @@ from typing import Any
 import litellm
 import pytest
 import redis
-from conftest import SYSTEM, Standin, answer, wait_for
+from conftest import Standin, answer, request_for, wait_for
+from faults_support import decision, install, kwargs_for, questions, report, stored
 from thrifty.blocks import BLOCKED, Block
 from thrifty.cache import SemanticCache
 from thrifty.embedded_store import EmbeddedStore
 from thrifty.embedder import SentenceTransformerEmbedder
-from thrifty.gate import Thrifty
 from thrifty.redis_store import RedisStore
-from thrifty.request import CanonicalRequest, canonicalize
+from thrifty.request import CanonicalRequest
 from thrifty.settings import ThriftySettings
 from thrifty.store import CacheEntry
 
@@ -48,12 +48,6 @@ from litellm_plugins import ThriftyCallback
 BOUND = 20  # cache.max_entries_per_tenant in these tests
 ATTACKER = "ACME*|@{acme}:t:\x00"  # the case twin of a victim, with RediSearch syntax, a key separator, NUL
 VICTIMS: tuple[str | None, ...] = ("acme", None)  # None: requests naming no tenant, a tenant of their own
-MODEL = "openai/gpt-4o-mini"
-
-
-def report(line: str) -> None:
-    """A measured number for the README's results table (shown with ``pytest -s``)."""
-    print(f"\n[reliability] {line}", flush=True)
 
 
 class Ticking:
@@ -86,10 +80,7 @@ def make_cache(kind: str, embedder: SentenceTransformerEmbedder, tmp_path: Path,
 
 
 def ask(cache: SemanticCache, text: str, tenant: str | None) -> CanonicalRequest:
-    metadata = {"tenant": tenant} if tenant is not None else {}
-    return canonicalize({"model": "gpt-4o-mini", "metadata": metadata,
-                         "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]},
-                        cache.settings)
+    return request_for(cache, text, metadata={"tenant": tenant} if tenant is not None else {})
 
 
 def held(cache: SemanticCache, text: str, tenant: str | None) -> bool:
@@ -328,35 +319,18 @@ def test_redis_bookkeeping_survives_the_global_bound_deletes_and_expiry(
 # ------------------------------------------------------------------------------------ the cache file mid-run
 
 
-def kwargs_for(api_base: str, text: str) -> dict[str, Any]:
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
-    return {"model": MODEL, "messages": messages, "api_base": api_base, "api_key": "sk-standin", "num_retries": 0}
-
-
-def decision(response: Any) -> str:
-    return str((response._hidden_params.get("thrifty") or {}).get("decision"))
-
-
-def questions(n: int, start: int) -> list[tuple[str, str, str]]:
-    return [(f"What is the status of order {30_000 + i}?", f"what's the status of order {30_000 + i}",
-             str(30_000 + i)) for i in range(start, start + n)]
+def file_column(path: Path, column: str) -> list[str]:
+    """``column`` of every entry in the cache file, read by a connection of our own."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return [str(value) for (value,) in db.execute(f"SELECT {column} FROM entries")]
+    finally:
+        db.close()
 
 
 def file_keys(path: Path) -> set[str]:
-    """The exact keys in the cache file, read by a connection of our own."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return {str(key) for (key,) in db.execute("SELECT exact_key FROM entries")}
-    finally:
-        db.close()
-
-
-def file_texts(path: Path) -> list[str]:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return [str(text) for (text,) in db.execute("SELECT text FROM entries")]
-    finally:
-        db.close()
+    """The exact keys in the cache file."""
+    return set(file_column(path, "exact_key"))
 
 
 def set_fault(store: EmbeddedStore, fault: str, on: bool) -> None:
@@ -374,9 +348,7 @@ def set_fault(store: EmbeddedStore, fault: str, on: bool) -> None:
 
 @pytest.fixture
 def on_disk(embedder: SentenceTransformerEmbedder, tmp_path: Path) -> Iterator[ThriftyCallback]:
-    settings = ThriftySettings(cache={"backend": "embedded", "path": tmp_path / "cache.sqlite3"},
-                               ledger={"path": None})
-    yield litellm_plugins.install(gate=Thrifty(settings, embedder=embedder))
+    yield install(embedder, cache={"backend": "embedded", "path": tmp_path / "cache.sqlite3"})
     litellm_plugins.uninstall()
 
 
@@ -388,7 +360,7 @@ def test_the_cache_file_filling_up_or_turning_read_only_mid_run(
     cache = on_disk.gate.cache
     store = cache.storage
     assert isinstance(store, EmbeddedStore)
-    before, during = questions(15, 0), questions(15, 100)
+    before, during = questions(15, 20_000), questions(15, 20_100)
     numbers = {q: n for q, p, n in before + during} | {p: n for q, p, n in before + during}
 
     async def burst(texts: list[str]) -> list[Any]:
@@ -401,22 +373,15 @@ def test_the_cache_file_filling_up_or_turning_read_only_mid_run(
         assert all(numbers.get(t, t.rstrip("?")) in r.choices[0].message.content for t, r in zip(texts, results))
         return results
 
-    def stored(n: int) -> None:
-        def done() -> bool:
-            stats = cache.stats
-            return stats.stores + sum(stats.store_skips.values()) >= n
-
-        wait_for(done, timeout=60, what=f"{n} answers stored")
-
     run([q for q, _, _ in before] * 2)
-    stored(15)
+    stored(on_disk, 15, timeout=60)
     acknowledged = file_keys(path)
     assert len(acknowledged) == 15 and store.persisting
 
     with caplog.at_level(logging.INFO, logger="thrifty.store"):
         set_fault(store, fault, on=True)
         run([q for q, _, _ in during] * 2 + [p for _, p, _ in before])
-        stored(30)
+        stored(on_disk, 30, timeout=60)
         assert not store.persisting and store.unwritten > 0
         served = run([q for q, _, _ in during] + [q for q, _, _ in before] + [p for _, p, _ in during])
         hits = sum(decision(r) == "cache_hit" for r in served)
@@ -433,7 +398,7 @@ def test_the_cache_file_filling_up_or_turning_read_only_mid_run(
 
         wait_for(resumed, timeout=60, what="the store to write its file again")
         resumed_after = time.monotonic() - cleared
-        stored(standin.calls())  # every answer the provider gave is stored: the file is quiet
+        stored(on_disk, standin.calls(), timeout=60)  # every answer the provider gave is stored: the file is quiet
 
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "thrifty.store"]
     assert len(warnings) == 1 and "cannot write cache file" in warnings[0].getMessage(), warnings
@@ -441,7 +406,7 @@ def test_the_cache_file_filling_up_or_turning_read_only_mid_run(
     assert store.unwritten == 0
     in_memory = {entry.exact_key for entry in store._entries.values()}
     assert file_keys(path) == in_memory  # every entry kept in memory during the fault reached the file
-    texts = file_texts(path)
+    texts = file_column(path, "text")
     assert all(any(n in t for t in texts) for _, _, n in before + during)  # those of the fault too
     assert cache.stats.store_skips.get("error", 0) == 0
     report(f"cache file {fault} mid-run (SDK): {45 + len(served)} calls during the fault all completed, "
