@@ -18,9 +18,10 @@ each off until set, because each changes what the model sees:
 The gate applies the diet to a call it lets through, after the cache and the flights have had
 their say on the caller's own request, and before the call is routed and reserved: the
 reservation, and the request the adapter sends (:meth:`thrifty.ticket.Ticket.call_request`), are
-the dieted ones. A request a policy applies to is keyed with that policy (:meth:`PromptDiet.scoped`):
-an answer written from a capped, pruned or compacted prompt is reused, and joined, only by requests
-under the same policy, never by the same request from an agent without it (or with another).
+the dieted ones. A request a policy can change is keyed with the parts of it that can
+(:meth:`PromptDiet.scoped`): an answer written from a capped, pruned or compacted prompt is reused,
+and joined, only by requests under the same parts, never by the same request from an agent without
+them (or with others); a request the policy leaves as it is keeps its key.
 Each policy applied to a call is recorded in the ledger when the call is
 answered (kind ``diet``: ``outcome`` the policy, ``saved_tokens`` the input tokens it removed by
 thrifty's count, :func:`thrifty.tokens.prompt_tokens`, ``saved`` those tokens at the model's input
@@ -131,14 +132,18 @@ class PromptDiet:
         return policy if _on(policy) else None
 
     def scoped(self, request: Mapping[str, Any], canonical: CanonicalRequest) -> CanonicalRequest:
-        """``canonical``, keyed with the policy that applies to it when one does: its cache entries
-        and joins are then those of requests under the same policy only."""
+        """``canonical``, keyed with the parts of its policy that can change it, when some can: its
+        cache entries and joins are then those of requests under the same parts only. A policy that
+        cannot change this request (it sets its own ``max_tokens``, has no more tools than the cap,
+        is not past the compaction limits) leaves its key alone: what the model sees is the same
+        as without the policy, so the answer may be shared with requests under no policy."""
         if not self.configured or canonical.invalid is not None:
             return canonical
         policy = self.policy_for(canonical)
-        if policy is None:
+        changing = _changing(policy, request, canonical) if policy is not None else {}
+        if not changing:
             return canonical
-        extra = {"prompt_diet": policy.model_dump(mode="json"), "extra": request.get(SCOPE_EXTRA)}
+        extra = {"prompt_diet": changing, "extra": request.get(SCOPE_EXTRA)}
         return canonicalize({**request, SCOPE_EXTRA: extra}, self.settings)
 
     def plan(self, request: Mapping[str, Any], canonical: CanonicalRequest, *, vector: Vector | None,
@@ -364,6 +369,25 @@ def diet_savings(events: Sequence[LedgerEvent]) -> dict[str, DietSaving]:
         elif event.kind == "call" and event.outcome == "summary":
             out.setdefault("compaction", DietSaving()).spent += event.cost
     return {policy: out[policy] for policy in POLICIES if policy in out}
+
+
+def _changing(policy: DietPolicySettings, request: Mapping[str, Any],
+              canonical: CanonicalRequest) -> dict[str, Any]:
+    """The fields of ``policy`` that can change ``request`` (a superset of what :meth:`PromptDiet.plan`
+    changes: a part that turns out to change nothing is still named, which only keeps entries apart)."""
+    changing: dict[str, Any] = {}
+    if policy.max_tokens is not None and all(request.get(k) is None for k in LENGTH_FIELDS):
+        changing["max_tokens"] = policy.max_tokens
+    tools = request.get("tools")
+    if policy.max_tools is not None and isinstance(tools, list) and len(tools) > policy.max_tools:
+        changing["max_tools"] = policy.max_tools
+    messages = request.get("messages")
+    if ((policy.compact_after_turns is not None or policy.compact_after_tokens is not None)
+            and isinstance(messages, list)
+            and replaced_span(messages, policy, lambda: prompt_tokens(request, canonical.model)) is not None):
+        changing["compaction"] = policy.model_dump(mode="json", include={
+            "compact_after_turns", "compact_after_tokens", "keep_turns", "summary_model", "summary_max_tokens"})
+    return changing
 
 
 def _on(policy: DietPolicySettings) -> bool:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import litellm
 import pytest
-from conftest import Standin, wait_for
+from conftest import Standin, async_wait_for, wait_for
 from litellm import Router
 from sent_bodies import Sent
 from thrifty.cli import main as thrifty_main
@@ -196,6 +197,36 @@ def test_an_answer_written_under_a_diet_never_reaches_the_same_request_without_i
     wait_for(lambda: callback.gate.ledger.totals().calls == 2, what="both calls in the ledger")
     hits = [e for e in callback.gate.ledger.events() if e.kind == "cache_hit"]
     assert len(hits) == 3 and not [e for e in callback.gate.ledger.events() if e.kind == "joined"]
+
+
+def test_a_policy_that_cannot_change_a_request_leaves_it_shared_with_every_agent(
+        standin: Standin, thrifty_with: Any, sent: Sent) -> None:
+    # the writer's policy caps output and compacts past 6 turns: a 2-turn request with its own
+    # max_tokens is sent as it is, so the reader joins the writer's call and the writer reuses it
+    callback = thrifty_with(prompt_diet={"by_agent": {"writer": {"max_tokens": 64, "compact_after_turns": 6,
+                                                                 "keep_turns": 2}}})
+    held = f"unchanged-{os.getpid()}"
+    messages = conversation("tents", 2, f"How long does the tent's warranty last? [hold:{held}]")
+
+    def ask(agent: str) -> Any:
+        return litellm.acompletion(model=MODEL, api_base=standin.url, api_key="sk-standin", num_retries=0,
+                                   messages=messages, max_tokens=200, metadata={"agent": agent})
+
+    async def together() -> list[Any]:
+        writer = asyncio.create_task(ask("writer"))
+        await async_wait_for(lambda: standin.held(held) == 1, what="the writer's call in flight")
+        reader = asyncio.create_task(ask("reader"))
+        await async_wait_for(lambda: sum(callback.gate.local_flights.snapshot().values()) == 1,
+                             what="the reader to join")
+        standin.release(held)
+        first = [await writer, await reader]
+        return [*first, await ask("writer")]
+
+    responses = asyncio.run(together())
+    decisions = [r._hidden_params["thrifty"]["decision"] for r in responses]
+    assert decisions == ["call", "joined", "cache_hit"]
+    assert [body["max_tokens"] for body in sent.to(MODEL)] == [200]
+    assert len({r.choices[0].message.content for r in responses}) == 1
 
 
 def test_an_output_cap_tightens_the_reservation(standin: Standin, thrifty_with: Any) -> None:
