@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from thrifty.demo import ALL_PARTS, BATCH_LANE, BUDGETS, COMPACTION, TOOL_PRUNING
 from thrifty.demo.workload import HARD, TRICKY, DemoCall, check_identities, generate
 from thrifty.demo.world import DemoWorld
 from thrifty.standin import REFUSAL
@@ -67,6 +68,32 @@ def test_the_world_answers_per_identity_and_a_cheap_model_fails_hard_tasks() -> 
     assert hard_kinds >= {c.identity.split("|")[0] for c in calls if c.difficulty == "hard"}
 
 
+def test_the_world_knows_a_compacted_chat_by_its_last_turns_and_writes_summaries() -> None:
+    from thrifty.compaction import compacted, summary_request
+    from thrifty.request import canonicalize
+    from thrifty.settings import DietPolicySettings, ThriftySettings
+
+    calls = list(generate(600, seed=7).calls())
+    world = DemoWorld(calls, latency_scale=0)
+    chat = max((c for c in calls if c.identity.startswith("chat|")), key=lambda c: len(c.messages))
+    assert len(chat.messages) >= 12  # a live chat of 6 turns or more
+    request = body(chat, "gpt-4o")
+    shorter = compacted(request, 1, len(chat.messages) - 3, 4, "the customer asked about an order")
+    answer = world.answer(shorter, "gpt-4o")
+    assert answer is not None and world.judge(chat, answer.text) == "right"
+    # the same last turns after another conversation's start: no single call ends so, nothing answered
+    other = next(c for c in calls if c.identity.startswith("chat|") and c.ticket != chat.ticket)
+    mixed = {**request, "messages": [*other.messages[:-1], *chat.messages[-1:]]}
+    assert world.answer(mixed, "gpt-4o") is None
+    settings = ThriftySettings(ledger={"path": None})
+    policy = DietPolicySettings(compact_after_turns=6, keep_turns=2)
+    ask = summary_request(list(chat.messages[1:-3]), model="gpt-4o-mini", policy=policy,
+                          canonical=canonicalize(request, settings), settings=settings)
+    summary = world.answer(ask, "gpt-4o-mini")
+    assert summary is not None and 0 < summary.completion_tokens <= policy.summary_max_tokens
+    assert summary.completion_tokens < summary.prompt_tokens and "ref:" not in summary.text
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("demo")
@@ -83,10 +110,11 @@ def test_demo_json_has_every_configuration_side_by_side(demo_run: tuple[dict[str
     rows = {row["name"]: row for row in numbers["configurations"]}
     assert numbers["configurations"][0]["name"] == "no optimisation (all gpt-4o)"
     assert {"LiteLLM exact cache", "cosine cache 0.92", "thrifty: cache", "thrifty: + single-flight",
-            "thrifty: + routing", "thrifty: + budgets (all parts)"} <= set(rows)
+            "thrifty: + routing", BUDGETS, ALL_PARTS, BATCH_LANE, TOOL_PRUNING, COMPACTION} <= set(rows)
     for row in rows.values():
         assert {"name", "upstream_calls", "cost_usd", "p50_ms", "p95_ms", "wrong_answers"} <= set(row)
         assert row["errors"] == 0 and row["requests"] == numbers["workload"]["requests"]
+        assert row["unrecognised"] == 0, row  # every request, compacted ones included, reached its answer
     baseline = rows["no optimisation (all gpt-4o)"]
     assert baseline["upstream_calls"] == baseline["requests"] and baseline["tier_share"] == {"gpt-4o": 1.0}
     assert rows["LiteLLM exact cache"]["hits_exact"] > 0
@@ -128,22 +156,39 @@ def test_demo_writes_the_ledger_and_the_report(demo_run: tuple[dict[str, Any], P
     assert ledger.parent == out and report.parent == out
     lines = [json.loads(line) for line in ledger.read_text().splitlines()]
     assert any(e["kind"] == "call" for e in lines) and any(e["kind"] == "cache_hit" for e in lines)
-    assert "<svg" in report.read_text() and "thrifty: + budgets (all parts)" in report.read_text()
+    assert "<svg" in report.read_text() and ALL_PARTS in report.read_text()
 
 
 def test_the_batch_lane_answers_the_summaries_it_defers(demo_run: tuple[dict[str, Any], Path]) -> None:
     numbers, _ = demo_run
     rows = {row["name"]: row for row in numbers["configurations"]}
-    batch = rows["thrifty: all parts + batch lane (summaries)"]
+    batch = rows[BATCH_LANE]
     assert batch["batch_lines"] > 0 and batch["errors"] == 0 and batch["wrong_answers"] == 0
     assert all(row["batch_lines"] == 0 for name, row in rows.items() if name != batch["name"])
 
-def test_tool_pruning_takes_tokens_out_and_no_answer_goes_wrong(demo_run: tuple[dict[str, Any], Path]) -> None:
+def test_tool_pruning_and_compaction_take_tokens_out_and_no_answer_goes_wrong(
+        demo_run: tuple[dict[str, Any], Path]) -> None:
     numbers, _ = demo_run
     rows = {row["name"]: row for row in numbers["configurations"]}
-    pruned = rows["thrifty: all parts + tool pruning (2 of 8)"]
-    assert pruned["diet_tokens_removed"] > 0 and pruned["errors"] == 0 and pruned["wrong_answers"] == 0
-    assert all(row["diet_tokens_removed"] == 0 for name, row in rows.items() if name != pruned["name"])
+    for name in (TOOL_PRUNING, COMPACTION):
+        row = rows[name]
+        assert row["diet_tokens_removed"] > 0 and row["errors"] == 0 and row["wrong_answers"] == 0, row
+    assert rows[COMPACTION]["diet_summaries"] > 0  # the live chats' older turns, summarised by gpt-4o-mini
+    assert rows[TOOL_PRUNING]["diet_summaries"] == 0
+    assert all(row["diet_tokens_removed"] == 0 for name, row in rows.items() if name not in (TOOL_PRUNING, COMPACTION))
+
+
+def test_the_output_cap_lets_a_budget_admit_the_calls_that_set_no_max_tokens(
+        demo_run: tuple[dict[str, Any], Path]) -> None:
+    numbers, _ = demo_run
+    rows = {row["name"]: row for row in numbers["configurations"]}
+    hard = numbers["workload"]["hard_tasks"]
+    # the fact-checker sets no max_tokens: without a cap, the $0.02 budget must assume gpt-4o's
+    # whole output limit and refuses its analyses; capped at 1,200 tokens, only runaway prompts are
+    uncapped, capped = rows[BUDGETS]["budget_refusals"], rows[ALL_PARTS]["budget_refusals"]
+    assert capped < uncapped <= hard and uncapped - capped >= 5
+    assert rows[ALL_PARTS]["wrong_answers"] == 0 and rows[ALL_PARTS]["hard_on_failing_tier"] == 0
+
 
 def test_the_provider_s_prompt_cache_is_billed_and_shown_apart(demo_run: tuple[dict[str, Any], Path]) -> None:
     numbers, _ = demo_run
@@ -155,7 +200,7 @@ def test_the_provider_s_prompt_cache_is_billed_and_shown_apart(demo_run: tuple[d
     assert sum(e["cached_tokens"] for e in calls) > 0
     # thrifty's ledger books what the provider billed: its prompt-cache saving is the provider's own
     assert sum(e["provider_cache_saved"] for e in calls) == pytest.approx(
-        rows["thrifty: + budgets (all parts)"]["provider_cache_saved_usd"], rel=1e-6)
+        rows[ALL_PARTS]["provider_cache_saved_usd"], rel=1e-6)
     assert "provider&#x27;s prompt cache" in Path(numbers["report"]).read_text() or \
         "provider's prompt cache" in Path(numbers["report"]).read_text()
 

@@ -33,11 +33,18 @@ DEFAULT_OUT = Path("~/.cache/thrifty/demo")
 COSINE_THRESHOLD = 0.92
 REQUEST_LIMIT_USD = 0.02
 AUDIT_RATE = 0.02
-ALL_PARTS = "thrifty: + budgets (all parts)"
+# the prompt diet's output cap: the fact-checker leaves its answers' length to the model, so that a
+# budget must otherwise assume gpt-4o's whole output limit (16,384 tokens, $0.16) for each of its calls
+OUTPUT_CAP = {"by_agent": {"fact_checker": {"max_tokens": 1200}}}
+BUDGETS = "thrifty: + budgets (no output cap)"
+ALL_PARTS = "thrifty: + output cap (all parts)"
 REDIS_ALL_PARTS = "thrifty on Redis (all parts)"
 BATCH_LANE = "thrifty: all parts + batch lane (summaries)"
 TOOL_PRUNING_DIET = {"default": {"max_tools": 2}}  # the prompt diet's tool pruning, for every agent
 TOOL_PRUNING = "thrifty: all parts + tool pruning (2 of 8)"
+# the prompt diet's history compaction, for the reply agent's live chats
+COMPACTION_DIET = {"by_agent": {"reply": {"compact_after_turns": 6, "keep_turns": 2}}}
+COMPACTION = "thrifty: all parts + history compaction"
 
 
 @dataclass(frozen=True)
@@ -67,15 +74,18 @@ def configurations(folder: Path, *, redis_url: str | None = None) -> list[Config
     own cache and ledger under ``folder``."""
 
     def thrifty(name: str, *, dedup: bool = True, budgets: bool = False, redis: bool = False,
-                audits: bool = False, diet: dict[str, Any] | None = None) -> ThriftySettings:
+                audits: bool = False, diet: dict[str, Any] | None = None, cap: bool = True) -> ThriftySettings:
         place = folder / name
         fields: dict[str, Any] = {
             "cache": {"path": place / "cache.sqlite3"},
             "ledger": {"path": place / "ledger.jsonl"},
             "dedup": {"enabled": dedup},
         }
+        diet = dict(diet or {})
         if budgets:
             fields["budget"] = {"limits": [{"scope": "request", "usd": REQUEST_LIMIT_USD}]}
+            if cap:  # a budget's rows cap the fact-checker's output (but the one that shows why)
+                diet["by_agent"] = {**OUTPUT_CAP["by_agent"], **diet.get("by_agent", {})}
         if audits:
             fields["cache"].update(audit_rate=AUDIT_RATE, audit_first=1, audit_seed=7)
         if diet:
@@ -96,9 +106,11 @@ def configurations(folder: Path, *, redis_url: str | None = None) -> list[Config
         Configuration("thrifty: cache", thrifty=thrifty("cache", dedup=False)),
         Configuration("thrifty: + single-flight", thrifty=thrifty("single-flight")),
         Configuration("thrifty: + routing", model="auto", thrifty=thrifty("routing")),
+        Configuration(BUDGETS, model="auto", thrifty=thrifty("budgets", budgets=True, cap=False)),
         Configuration(ALL_PARTS, model="auto", thrifty=thrifty("all", budgets=True)),
         Configuration(BATCH_LANE, model="auto", thrifty=thrifty("batch", budgets=True), deferred=("summariser",)),
         Configuration(TOOL_PRUNING, model="auto", thrifty=thrifty("pruned", budgets=True, diet=TOOL_PRUNING_DIET)),
+        Configuration(COMPACTION, model="auto", thrifty=thrifty("compacted", budgets=True, diet=COMPACTION_DIET)),
         Configuration("thrifty: planted mistake", model="auto", thrifty=thrifty("planted", budgets=True),
                       planted=True),
         Configuration(f"thrifty: planted mistake + audits {AUDIT_RATE}", model="auto",
@@ -287,6 +299,10 @@ def print_table(run_: DemoRun, file: Any = None) -> None:
             print(f"{r.name}: audits: {r.audits} calls, ${r.audit_cost_usd:.4f} ({share:.1f}% of the "
                   f"${r.reuse_saved_usd:.4f} that cache hits and joined calls saved), "
                   f"{r.audit_disagreements} disagreeing (pairing blocked, fresh answer stored)", file=out)
+    for r in run_.results:
+        if r.diet_tokens_removed or r.diet_summaries:
+            written = f", {r.diet_summaries} history summaries written (among its calls)" if r.diet_summaries else ""
+            print(f"{r.name}: the prompt diet took {r.diet_tokens_removed:,} input tokens out{written}", file=out)
     errors = sum(r.errors for r in run_.results)
     if errors:
         print(f"errors: {errors} calls raised (see the per-configuration 'errors' in --json)", file=out)

@@ -85,6 +85,7 @@ class Result:
     errors: int
     wrong_answers: int
     hard_on_failing_tier: int
+    unrecognised: int  # answers that name no question of the workload (the world did not know the request)
     tier_share: dict[str, float]
     wall_s: float
     saving_pct: float = 0.0
@@ -95,6 +96,7 @@ class Result:
     provider_cache_saved_usd: float = 0.0  # what the provider's prompt cache saved on the calls made
     batch_lines: int = 0  # calls sent through the batch lane (among upstream_calls), at the batch price
     diet_tokens_removed: int = 0  # input tokens the prompt diet took out of the calls, by thrifty's count
+    diet_summaries: int = 0  # history summaries the prompt diet had written (calls among upstream_calls)
     planted: bool = False  # run with the verifier's planted mistake
     ledger_path: str | None = None
     records: list[CallRecord] = field(default_factory=list, repr=False)
@@ -258,7 +260,11 @@ async def run(config: Configuration, workload: Workload, world: DemoWorld, *, ag
             result.audits, result.audit_cost_usd = totals.audits, totals.audit_cost
             result.audit_disagreements = totals.audit_disagreements
             result.reuse_saved_usd = totals.saved
-            result.diet_tokens_removed = sum(e.saved_tokens for e in gate.ledger.events() if e.kind == "diet")
+            events = gate.ledger.events()
+            # an output cap's saved_tokens are worst-case output tokens, not input taken out
+            result.diet_tokens_removed = sum(e.saved_tokens for e in events
+                                             if e.kind == "diet" and e.outcome != "output_cap")
+            result.diet_summaries = sum(1 for e in events if e.kind == "call" and e.outcome == "summary")
         return result
     finally:
         if lane is not None:
@@ -302,7 +308,7 @@ def _result(name: str, records: list[CallRecord], stats: dict[str, Any], wall: f
         escalations=sum(r.escalations for r in records),
         budget_refusals=kinds["budget_refused"],
         errors=kinds["error"],
-        wrong_answers=judgements["wrong"],
+        wrong_answers=judgements["wrong"], unrecognised=judgements["unknown"],
         hard_on_failing_tier=sum(1 for r in records if r.judgement == "failed" and r.call.difficulty == "hard"),
         tier_share={model: n / synchronous for model, n in sorted(stats["by_model"].items())} if synchronous else {},
         wall_s=wall, ledger_path=str(ledger_path) if ledger_path else None, records=records,

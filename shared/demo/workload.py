@@ -15,10 +15,14 @@
   intents (most tickets ask the few common things), each asked in several wordings, and now and
   then a question that reads like an FAQ but needs reasoning (a hard task);
 * **fact_checker** checks a claim against the policy or works out a landed cost: hard tasks; now
-  and then a whole contract is pasted in for review (a runaway prompt a budget should stop);
+  and then a whole contract is pasted in for review (a runaway prompt a budget should stop). It
+  sets no ``max_tokens`` (it leaves the length of its reasoning to the model), so a budget must
+  assume the model's whole output limit for it unless an output cap says otherwise;
 * **summariser** writes the hand-over note of the ticket: unique text, never reusable;
 * **reply** drafts the answer to the customer (personal: it carries the customer's e-mail and
-  is scoped to them), sometimes over two turns ("make it shorter").
+  is scoped to them), sometimes over two turns ("make it shorter"); for about one ticket in ten the
+  customer stays on the live chat with it, 6 to 12 turns, each call resending the whole
+  conversation so far (what history compaction is for).
 
 The research, fact-checking and reply agents carry the policy handbook in their system prompts
 (about 1,300 tokens, the same in every call), as agents that answer from a handbook do: the
@@ -105,10 +109,8 @@ FIRST = ("Ana", "Ben", "Chloe", "Dev", "Elif", "Farah", "Gus", "Hana", "Ivan", "
 LAST = ("Garcia", "Okafor", "Novak", "Lindqvist", "Tanaka", "Moreau", "Schmidt", "Rossi", "Haddad", "Kim")
 
 
-def _handbook() -> str:
-    """Northwind's policy handbook, which the research, fact-checking and reply agents carry in
-    their system prompts (about 1,500 tokens, the same in every call: the prefix a provider's
-    prompt cache reads back)."""
+def _handbook_rules() -> list[str]:
+    """The rules of Northwind's policy handbook."""
     rules = [
         "Orders placed before 2 pm ship the same business day; later orders ship the next business day.",
         "Standard shipping takes 3 to 5 business days, express 1 to 2, and there is no delivery on "
@@ -146,11 +148,14 @@ def _handbook() -> str:
         "The carrier's liability ends at delivery to the address given; a signature is required over $500.",
         "Support answers by chat from 8 am to 8 pm Mountain Time, and by e-mail within one business day.",
     ]
-    return "Policy handbook (quote the rule that applies):\n" + "\n".join(f"{n}. {rule}"
-                                                                          for n, rule in enumerate(rules, 1))
+    return rules
 
 
-HANDBOOK = _handbook()
+HANDBOOK_RULES = tuple(_handbook_rules())
+# which the research, fact-checking and reply agents carry in their system prompts (about 1,300
+# tokens, the same in every call: the prefix a provider's prompt cache reads back)
+HANDBOOK = "Policy handbook (quote the rule that applies):\n" + "\n".join(
+    f"{n}. {rule}" for n, rule in enumerate(HANDBOOK_RULES, 1))
 for _agent in ("research", "fact_checker", "reply"):
     SYSTEM_PROMPTS[_agent] += "\n\n" + HANDBOOK
 
@@ -250,6 +255,15 @@ TICKET_OPENERS = (
     "Good morning, {question} Regards, {name}", "URGENT: {question} I need an answer today.",
 )
 DIGEST_CHARS = 16
+CHAT_SHARE = 0.1  # of tickets whose customer stays on the live chat
+CHAT_FOLLOW_UPS = (
+    "Can order {order} still be changed?", "How long would express shipping to {city} take?",
+    "Is the {product} covered if the zip breaks?", "Could I return the {product} if it doesn't fit?",
+    "Do you accept {method}?", "What if the parcel arrives damaged?", "Can I pick it up in {city} instead?",
+    "Would I pay import duties on a gift to {country}?", "When will the refund show up on my card?",
+    "Do you deliver on {day}?", "Can I add a second {product} to the order?", "Thanks! And the warranty on the "
+    "{product}?", "Can you send me a return label?", "Is there a discount with the Explorer membership?",
+)
 
 
 @dataclass(frozen=True)
@@ -268,16 +282,18 @@ class DemoCall:
     user: str | None = None
     json_output: bool = False
     tools: bool = False
-    max_tokens: int = 700
+    max_tokens: int | None = 700  # None: the agent leaves the answer's length to the model
     exact_only: bool = False
 
     def request(self, model: str, *, workflow: str = "support-desk") -> dict[str, Any]:
         """The OpenAI-style request an agent sends for this call."""
         request: dict[str, Any] = {
-            "model": model, "messages": [dict(m) for m in self.messages], "max_tokens": self.max_tokens,
+            "model": model, "messages": [dict(m) for m in self.messages],
             "metadata": {"agent": self.agent, "workflow_id": workflow, "task": AGENT_TASKS[self.agent],
                          "ticket": self.ticket},
         }
+        if self.max_tokens is not None:
+            request["max_tokens"] = self.max_tokens
         if self.exact_only:
             request["metadata"]["thrifty"] = {"exact_only": True}
         if self.user:
@@ -329,6 +345,8 @@ class _Ticketer:
 
     def __init__(self, seed: int, triage_by_meaning: bool) -> None:
         self.rng = random.Random(seed)
+        # the live chats draw from their own stream, so that adding them left every other draw as it was
+        self.chat_rng = random.Random(f"chat-{seed}")
         self.triage_by_meaning = triage_by_meaning
         weights = [1.0 / (rank + 1) ** 1.1 for rank in range(len(FAQ))]
         self.faq_order = list(FAQ)
@@ -406,7 +424,7 @@ def _ticket(number: int, draw: _Ticketer) -> Ticket:
             hard_values["order"] = order
         text = hard.wordings[0].format(**hard_values)
         waves.append((DemoCall("fact_checker", _user("fact_checker", text), _identity(hard, hard_values), "hard",
-                               hard.answer_tokens, number, max_tokens=1200),))
+                               hard.answer_tokens, number, max_tokens=None),))
 
     # a runaway: now and then a whole contract pasted in for review (thousands of tokens on the
     # premium model: what a per-request budget is for)
@@ -414,7 +432,7 @@ def _ticket(number: int, draw: _Ticketer) -> Ticket:
         text = ("Analyze step by step whether this supplier contract lets us charge the customer for return "
                 f"shipping on ticket {number}, and list every clause that applies:\n\n" + _contract(rng))
         waves.append((DemoCall("fact_checker", _user("fact_checker", text), f"contract_review|{number}", "hard",
-                               600, number, max_tokens=1200),))
+                               600, number, max_tokens=None),))
 
     # 5. the hand-over note: unique to the ticket
     note = (f"Ticket {number} from {name}: {message} Order {order}: in transit. Questions answered: "
@@ -433,7 +451,31 @@ def _ticket(number: int, draw: _Ticketer) -> Ticket:
         shorter = DemoCall("reply", _user("reply", "Make it shorter and friendlier.", history),
                            f"reply_short|{number}", "easy", 90, number, user=user)
         waves.append((shorter,))
+
+    # 7. now and then the customer stays on the live chat with the reply agent: a long conversation,
+    # every turn resent with the whole history so far
+    if draw.chat_rng.random() < CHAT_SHARE:
+        waves.extend((call,) for call in _chat(number, name, email, user, order, message, draw))
     return Ticket(number, tuple(waves))
+
+
+def _chat(number: int, name: str, email: str, user: str, order: str, message: str,
+          draw: _Ticketer) -> Iterator[DemoCall]:
+    """A live chat of 6 to 12 customer turns with the reply agent, each call carrying the
+    conversation so far (the agent's earlier answers quote the handbook, 80 to 150 tokens each)."""
+    rng = draw.chat_rng
+    first = name.split()[0]
+    history: list[Mapping[str, Any]] = []
+    asked = f"Live chat with {name} <{email}> about ticket {number}. Customer: {message}"
+    for turn in range(1, rng.randint(6, 12) + 1):
+        yield DemoCall("reply", _user("reply", asked, history), f"chat|{number}|{turn}", "easy", 110, number,
+                       user=user, max_tokens=400)
+        rules = " ".join(rng.sample(HANDBOOK_RULES, rng.randint(2, 4)))
+        said = f"Thanks, {first}. About order {order}: {rules} Is there anything else I can help with?"
+        history += [{"role": "user", "content": asked}, {"role": "assistant", "content": said}]
+        asked = "Customer: " + rng.choice(CHAT_FOLLOW_UPS).format(
+            order=order, city=rng.choice(CITIES), product=rng.choice(PRODUCTS), method=rng.choice(PAYMENTS),
+            country=rng.choice(COUNTRIES), day=rng.choice(DAYS))
 
 
 def _contract(rng: random.Random, clauses: int = 140) -> str:

@@ -6,6 +6,11 @@ identity of the request that received it. A model not in ``strong_models`` canno
 its answer is a refusal, which validation catches and an un-routed deployment would hand on.
 Token counts: the prompt as sent (one token per four characters) and the answer length of the
 identity; latency: time to the first token plus a time per answer token, per model, scaled.
+
+A request whose earlier turns were replaced (a history compacted into a summary) is known by its
+last three messages, when only one call of the workload ends with them; a request that asks to
+summarise a conversation is answered with a summary (the conversation's customer turns, cut to
+about a sixth of its length and to ``max_tokens``), as a model would.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from .workload import DemoCall, messages_digest
 
 Judgement = Literal["right", "wrong", "failed", "unknown"]
 _REF = re.compile(r"\bref:([0-9a-f]{12})\b")
+_SUMMARISE = re.compile(r"^\s*summari[sz]e\b", re.IGNORECASE)
+TAIL = 3  # messages that tell a compacted request's call
 
 
 @dataclass(frozen=True)
@@ -46,9 +53,14 @@ class DemoWorld:
                  latency_scale: float = 0.1) -> None:
         self.calls: dict[str, DemoCall] = {}
         self.identities: dict[str, str] = {}
+        tails: dict[str, set[str]] = {}
         for call in calls:
             self.calls.setdefault(call.digest, call)
             self.identities[ref(call.identity)] = call.identity
+            if len(call.messages) > TAIL:
+                tails.setdefault(messages_digest(call.messages[-TAIL:]), set()).add(call.digest)
+        # only a tail that one call ends with tells a call
+        self.tails = {tail: next(iter(digests)) for tail, digests in tails.items() if len(digests) == 1}
         self.strong = {_bare(model) for model in strong_models}
         self.latency_scale = latency_scale
 
@@ -56,11 +68,11 @@ class DemoWorld:
         messages = body.get("messages")
         if not isinstance(messages, list):
             return None
-        call = self.calls.get(messages_digest(messages))
-        if call is None:
-            return None
         tokens_in = prompt_tokens(messages, body.get("tools"))
         speed = TYPICAL_SPEED.get(_bare(model), DEFAULT_SPEED)
+        call = self.call_of(messages)
+        if call is None:
+            return self._summary(messages, body.get("max_tokens"), tokens_in, speed)
         if call.difficulty == "hard" and _bare(model) not in self.strong:
             text, completion_tokens = REFUSAL, 12
         else:
@@ -68,6 +80,29 @@ class DemoWorld:
             completion_tokens = _spread(call.answer_tokens, call.identity)
         latency = self.latency_scale * (speed.first_token + speed.per_token * completion_tokens)
         return Scripted(as_json_if_asked(body, text), tokens_in, completion_tokens, latency)
+
+    def call_of(self, messages: list[Any]) -> DemoCall | None:
+        """The workload's call these messages are: the same messages, or (for a compacted history)
+        the only call that ends with the same last messages."""
+        call = self.calls.get(messages_digest(messages))
+        if call is None and len(messages) >= TAIL:
+            digest = self.tails.get(messages_digest(messages[-TAIL:]))
+            call = self.calls.get(digest) if digest is not None else None
+        return call
+
+    def _summary(self, messages: list[Any], max_tokens: Any, tokens_in: int, speed: Speed) -> Scripted | None:
+        """A summary of the conversation in the request's first message, if its last asks for one."""
+        if len(messages) < 2 or not _SUMMARISE.match(str(messages[-1].get("content") or "")):
+            return None
+        conversation = str(messages[0].get("content") or "")
+        said = [line for line in conversation.splitlines() if line.startswith("user:")]
+        tokens = max(16, tokens_in // 6)
+        if isinstance(max_tokens, int) and max_tokens > 0:
+            tokens = min(tokens, max_tokens)
+        text = " ".join(said)[:4 * tokens]
+        tokens = max(1, -(-len(text) // 4))
+        latency = self.latency_scale * (speed.first_token + speed.per_token * tokens)
+        return Scripted(text, tokens_in, tokens, latency)
 
     def judge(self, call: DemoCall, content: str | None) -> Judgement:
         """``right``: the answer is to the call's question; ``wrong``: to another question;
