@@ -122,6 +122,34 @@ def as_json_if_asked(body: Mapping[str, Any], answer: str) -> str:
     return answer
 
 
+def text_and_usage(body: Mapping[str, Any], answer: str, scripted: Scripted | None) -> tuple[str, dict[str, Any]]:
+    """The answer's text and its usage: the world's scripted answer when it has one, else the
+    stand-in's own (as JSON when the request asks for JSON), counted one token per four characters."""
+    if scripted is not None:
+        text = scripted.text
+        usage: dict[str, Any] = {"prompt_tokens": scripted.prompt_tokens,
+                                 "completion_tokens": scripted.completion_tokens}
+    else:
+        text = as_json_if_asked(body, answer)
+        usage = {"prompt_tokens": prompt_tokens(body.get("messages"), body.get("tools")),
+                 "completion_tokens": tokens(text)}
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return text, usage
+
+
+def reply_message(body: Mapping[str, Any], text: str, directives: Mapping[str, str],
+                  call_id: str) -> tuple[dict[str, Any], str]:
+    """The assistant message and its finish reason: a call of the tool that ``[tool:name]`` names,
+    when the request offers that tool (its argument the user's words), else ``text``."""
+    tool = directives.get("tool")
+    if tool and any((t.get("function") or {}).get("name") == tool for t in body.get("tools") or []):
+        plain = _DIRECTIVE.sub("", last_user_text(body.get("messages") or [])).strip()
+        call = {"id": call_id, "type": "function",
+                "function": {"name": tool, "arguments": json.dumps({"query": plain})}}
+        return {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+    return {"role": "assistant", "content": text}, "stop"
+
+
 class StandIn:
     """One stand-in provider: its counters, its held requests and, optionally, its :class:`World`."""
 
@@ -238,15 +266,7 @@ class StandIn:
             status = int(directives["status"])
             return web.json_response({"error": {"message": f"stand-in failure {status}", "type": "server_error",
                                                  "code": str(status)}}, status=status)
-        if scripted is not None:
-            answer = scripted.text
-            usage: dict[str, Any] = {"prompt_tokens": scripted.prompt_tokens,
-                                     "completion_tokens": scripted.completion_tokens}
-        else:
-            answer = as_json_if_asked(body, answer)
-            usage = {"prompt_tokens": prompt_tokens(body.get("messages"), body.get("tools")),
-                     "completion_tokens": tokens(answer)}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        answer, usage = text_and_usage(body, answer, scripted)
         cached = self.prompt_cache.read(body, model, usage["prompt_tokens"]) if self.prompt_cache else 0
         usage["prompt_tokens_details"] = {"cached_tokens": cached}
         self.billed.setdefault(model, Counter()).update(
@@ -254,22 +274,11 @@ class StandIn:
              "cached_tokens": cached})
         ident = f"chatcmpl-standin{self.calls.total()}"
         created = int(time.time())
-        tool = directives.get("tool")
-        if tool and not body.get("stream") and any((t.get("function") or {}).get("name") == tool
-                                                    for t in body.get("tools") or []):
-            plain = _DIRECTIVE.sub("", last_user_text(body.get("messages") or [])).strip()
-            call = {"id": f"call_standin{self.calls.total()}", "type": "function",
-                    "function": {"name": tool, "arguments": json.dumps({"query": plain})}}
-            return web.json_response({
-                "id": ident, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
-                             "finish_reason": "tool_calls", "logprobs": None}],
-                "usage": usage, "system_fingerprint": "fp_standin"})
         if not body.get("stream"):
+            message, finish = reply_message(body, answer, directives, f"call_standin{self.calls.total()}")
             return web.json_response({
                 "id": ident, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                             "finish_reason": "stop", "logprobs": None}],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
                 "usage": usage, "system_fingerprint": "fp_standin"})
         return await self._stream(request, body, model, answer, usage, ident, created, directives)
 

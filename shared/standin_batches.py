@@ -197,7 +197,7 @@ class BatchDesk:
     def _answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """One line's answer, as the chat endpoint would give it (whole, not streamed), and its
         billing in the batch books."""
-        from .standin import _DIRECTIVE, answer_for, as_json_if_asked, last_user_text, prompt_tokens, tokens
+        from .standin import answer_for, reply_message, text_and_usage
 
         model = str(body.get("model", ""))
         answer, directives = answer_for(body)
@@ -205,32 +205,15 @@ class BatchDesk:
             code = int(directives["status"])
             return code, {"error": {"message": f"stand-in failure {code}", "type": "server_error", "code": str(code)}}
         world = self.standin.world
-        scripted = world.answer(body, model) if world is not None else None
-        if scripted is not None:
-            answer = scripted.text
-            usage = {"prompt_tokens": scripted.prompt_tokens, "completion_tokens": scripted.completion_tokens}
-        else:
-            answer = as_json_if_asked(body, answer)
-            usage = {"prompt_tokens": prompt_tokens(body.get("messages"), body.get("tools")),
-                     "completion_tokens": tokens(answer)}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        answer, usage = text_and_usage(body, answer, world.answer(body, model) if world is not None else None)
         self.counts["lines"] += 1
         self.billed.setdefault(model, Counter()).update(
             {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]})
-        message: dict[str, Any] = {"role": "assistant", "content": answer}
-        usage_out: dict[str, Any] = usage
-        finish = "stop"
-        tool = directives.get("tool")
-        if tool and any((t.get("function") or {}).get("name") == tool for t in body.get("tools") or []):
-            plain = _DIRECTIVE.sub("", last_user_text(body.get("messages") or [])).strip()
-            message = {"role": "assistant", "content": None, "tool_calls": [
-                {"id": f"call_standin{uuid.uuid4().hex[:8]}", "type": "function",
-                 "function": {"name": tool, "arguments": json.dumps({"query": plain})}}]}
-            finish = "tool_calls"
+        message, finish = reply_message(body, answer, directives, f"call_standin{uuid.uuid4().hex[:8]}")
         return 200, {"id": f"chatcmpl-standinbatch{uuid.uuid4().hex[:12]}", "object": "chat.completion",
                      "created": int(time.time()), "model": model,
                      "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-                     "usage": usage_out, "system_fingerprint": "fp_standin"}
+                     "usage": usage, "system_fingerprint": "fp_standin"}
 
 
 def _error(status: int, message: str) -> web.Response:
