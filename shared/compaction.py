@@ -10,7 +10,7 @@ keep_turns`` at a time, or ``keep_turns`` when compacting by tokens only), so co
 one conversation replace the same turns and share one summary - and the provider's prompt cache
 keeps reading the same prefix.
 
-The summary is written by a cheap model (``summary_model``, else the router's cheapest tier) as
+The summary is written by a cheap model (``summary_model``, else the cheapest router tier) as
 thrifty's own call, through the caller's ``upstream`` (the adapter's way to call a model: for
 LiteLLM, LiteLLM again, as an audit does). It is kept in the cache's exact tier under a request
 made of the replaced turns - scoped, as every entry, by the tenant (and by the user when the

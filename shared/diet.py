@@ -151,7 +151,8 @@ class PromptDiet:
         """The request as it will be sent, or None when no policy changes it. ``vector``: the
         final user turn's embedding, when the cache computed it; ``upstream``: how thrifty makes
         its own summary calls (None: no compaction); ``summary_model``: who writes summaries when
-        the policy names nobody (the router's cheapest tier; else the request's model)."""
+        the policy names nobody (the cheapest router tier - the request's router's, else the first
+        router's with tiers; else the request's model)."""
         if not self.configured or canonical.invalid is not None:
             return None
         policy = self.policy_for(canonical)

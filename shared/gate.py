@@ -588,7 +588,9 @@ class Thrifty:
     def _prepared(self, ticket: Ticket, vector: Vector | None, diet: _Diet | None = None) -> Plan[Ticket]:
         router = self.router_for(ticket.request)
         if diet is not None and self.diet.configured:  # the request as it will be sent (thrifty.diet)
-            cheapest = router.tiers[0].model if router is not None and router.tiers else None
+            # the summary is thrifty's own call: the cheapest tier configured, even for a call not routed
+            tiered = router if router is not None else next((r for r in self.routers if r.tiers), None)
+            cheapest = tiered.tiers[0].model if tiered is not None and tiered.tiers else None
             ticket.diet = yield from self.diet.plan(ticket.request, ticket.canonical, vector=vector,
                                                     upstream=diet.upstream, summary_model=cheapest)
         text = ticket.canonical.semantic_text

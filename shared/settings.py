@@ -307,7 +307,7 @@ class DietPolicySettings(_Section):
         "verbatim, as is the system prompt; older turns are replaced in steps, so that consecutive calls of a "
         "conversation share one summary")
     summary_model: str | None = Field(
-        None, description="history compaction: the model that writes summaries; None: the router's cheapest "
+        None, description="history compaction: the model that writes summaries; None: the cheapest router "
         "tier, else the call's own model")
     summary_max_tokens: int = Field(
         300, ge=16, description="history compaction: the summary's max_tokens")

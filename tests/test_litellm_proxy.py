@@ -256,6 +256,65 @@ def test_a_semantic_hit_through_the_proxy_is_audited_after_the_caller_has_it(aud
     assert kinds == ["call", "cache_hit", "audit"]  # the hit was booked before its audit
 
 
+@pytest.fixture(scope="module")
+def diet_proxy(standin_server: Standin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    """The example config with a prompt diet for the agent ``writer``: two tools at most, and the
+    history compacted past three turns (the summary by the cheapest tier, gpt-4o-mini)."""
+    folder = tmp_path_factory.mktemp("diet-proxy")
+    config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    config["thrifty"]["prompt_diet"] = {"by_agent": {"writer": {"max_tools": 2, "compact_after_turns": 3,
+                                                                "keep_turns": 1}}}
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = start(path, standin_server, folder)
+    yield process
+    process.stop()
+
+
+def test_the_prompt_diet_applies_through_the_proxy(diet_proxy: ProxyProcess, standin: Standin) -> None:
+    import json
+
+    def tool(name: str, description: str) -> dict[str, Any]:
+        return {"type": "function", "function": {"name": name, "description": description,
+                                                 "parameters": {"type": "object", "properties": {}}}}
+
+    tools = [tool("track_parcel", "Where a parcel is now, from its tracking number"),
+             tool("get_weather", "The weather forecast for a city"),
+             tool("search_flights", "Find flights between two airports on a date"),
+             tool("refund_order", "Refund a customer's order, in full or in part"),
+             tool("translate", "Translate a text into another language")]
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "You are a support agent."}]
+    for turn in range(5):
+        messages += [{"role": "user", "content": f"Question {turn} about parcel 77{turn}: where is it today?"},
+                     {"role": "assistant", "content": f"Parcel 77{turn} left the depot in Lyon on day {turn} and "
+                                                      "is on its way to the customer's address as planned."}]
+    messages.append({"role": "user", "content": "Where is parcel 775 now?"})
+
+    def prompt_tokens_of(agent: str) -> tuple[str, int]:
+        before = standin.stats()["tokens_by_model"].get("gpt-4o", {}).get("prompt_tokens", 0)
+        raw = client(diet_proxy).chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=messages, tools=tools, extra_body={"metadata": {"agent": agent}})
+        after = standin.stats()["tokens_by_model"]["gpt-4o"]["prompt_tokens"]
+        return raw.headers["x-thrifty-decision"], after - before
+
+    reader, whole = prompt_tokens_of("reader")  # no policy: sent as asked
+    writer, dieted = prompt_tokens_of("writer")  # its own key: never the reader's answer
+    assert (reader, writer) == ("call", "call")
+    assert dieted < whole
+    # the writer's summary was asked of the cheapest tier
+    assert standin.stats()["by_model"] == {"gpt-4o": 2, "gpt-4o-mini": 1}
+    ledger = diet_proxy.log.parent / "ledger.jsonl"
+
+    def events() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in ledger.read_text().splitlines()] if ledger.is_file() else []
+
+    wait_for(lambda: len([e for e in events() if e["kind"] == "diet"]) == 2, what="the diet in the proxy's ledger")
+    diets = {e["outcome"]: e for e in events() if e["kind"] == "diet"}
+    assert set(diets) == {"tool_pruning", "compaction"}
+    assert all(e["agent"] == "writer" and e["saved_tokens"] > 0 for e in diets.values())
+    assert [e["model"] for e in events() if e["kind"] == "call" and e["outcome"] == "summary"] == ["gpt-4o-mini"]
+
+
 def test_each_team_has_its_own_budget(team_proxy: ProxyProcess, standin: Standin) -> None:
     # about 1000 prompt tokens on gpt-4o: ~$0.0025 each, and the stand-in echoes them back (~$0.01)
     long_question = "Please review this contract clause: " + "the supplier shall deliver the goods. " * 105
