@@ -38,6 +38,16 @@ def start(config: Path, standin: Standin, folder: Path, **kwargs: Any) -> ProxyP
     return ProxyProcess(config, env=env, log=folder / "proxy.log", **kwargs)
 
 
+def start_variant(standin: Standin, folder: Path, edit: Callable[[dict[str, Any]], None],
+                  **kwargs: Any) -> ProxyProcess:
+    """A proxy on the example config as ``edit`` changes it (written to ``folder``)."""
+    config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    edit(config)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return start(path, standin, folder, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def proxy(standin_server: Standin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     """The proxy with the example config, as written."""
@@ -163,13 +173,13 @@ def team_proxy(standin_server: Standin, tmp_path_factory: pytest.TempPathFactory
     """The example config with a key per team (``general_settings.custom_auth``) and a small
     daily budget per tenant."""
     folder = tmp_path_factory.mktemp("team-proxy")
-    config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
-    config["general_settings"]["custom_auth"] = "team_auth.user_api_key_auth"
-    config["thrifty"]["budget"]["limits"] = [{"scope": "tenant", "usd": 0.0045, "window": "day"}]
     (folder / "team_auth.py").write_text(TEAM_AUTH)
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    process = start(path, standin_server, folder)
+
+    def teams(config: dict[str, Any]) -> None:
+        config["general_settings"]["custom_auth"] = "team_auth.user_api_key_auth"
+        config["thrifty"]["budget"]["limits"] = [{"scope": "tenant", "usd": 0.0045, "window": "day"}]
+
+    process = start_variant(standin_server, folder, teams)
     yield process
     process.stop()
 
@@ -223,12 +233,8 @@ def test_a_report_flag_undoes_only_the_callers_own_tenants_answer(team_proxy: Pr
 @pytest.fixture(scope="module")
 def audit_proxy(standin_server: Standin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     """The example config with every semantic hit audited (``cache.audit_rate: 1``)."""
-    folder = tmp_path_factory.mktemp("audit-proxy")
-    config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
-    config["thrifty"]["cache"].update(audit_rate=1.0, audit_first=1)
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    process = start(path, standin_server, folder)
+    process = start_variant(standin_server, tmp_path_factory.mktemp("audit-proxy"),
+                            lambda config: config["thrifty"]["cache"].update(audit_rate=1.0, audit_first=1))
     yield process
     process.stop()
 
@@ -260,13 +266,9 @@ def test_a_semantic_hit_through_the_proxy_is_audited_after_the_caller_has_it(aud
 def diet_proxy(standin_server: Standin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     """The example config with a prompt diet for the agent ``writer``: two tools at most, and the
     history compacted past three turns (the summary by the cheapest tier, gpt-4o-mini)."""
-    folder = tmp_path_factory.mktemp("diet-proxy")
-    config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
-    config["thrifty"]["prompt_diet"] = {"by_agent": {"writer": {"max_tools": 2, "compact_after_turns": 3,
-                                                                "keep_turns": 1}}}
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    process = start(path, standin_server, folder)
+    diet = {"by_agent": {"writer": {"max_tools": 2, "compact_after_turns": 3, "keep_turns": 1}}}
+    process = start_variant(standin_server, tmp_path_factory.mktemp("diet-proxy"),
+                            lambda config: config["thrifty"].update(prompt_diet=diet))
     yield process
     process.stop()
 
@@ -348,20 +350,20 @@ def shared_proxy(standin_server: Standin, redis_url: str,
     """The example config with two workers sharing cache, single-flight and budgets in Redis; the
     master key's budget fits two calls of at most 1000 tokens on gpt-4o-mini (~$0.0006 each)."""
     folder = tmp_path_factory.mktemp("shared-proxy")
-    config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
-    section = config["thrifty"]
-    section["cache"] = {"backend": "redis"}
-    section["dedup"] = {"backend": "redis"}
-    section["budget"] = {"backend": "redis", "limits": [{"scope": "tenant", "usd": 0.0013, "window": "day"}]}
-    # a patient Redis client: on this loaded machine a slow answer would send a worker to its own
-    # books (the designed fallback when Redis fails), which is not what these tests look at
-    section["redis"] = {"url": redis_url, "key_prefix": f"proxy{uuid.uuid4().hex[:8]}", "operation_timeout": 5,
-                        "connect_timeout": 5}
-    config["general_settings"]["custom_auth"] = "worker_auth.user_api_key_auth"
     (folder / "worker_auth.py").write_text(WORKER_AUTH.replace("PIDS", str(folder / "pids.log")))
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    process = start(path, standin_server, folder, workers=2)
+
+    def shared(config: dict[str, Any]) -> None:
+        section = config["thrifty"]
+        section["cache"] = {"backend": "redis"}
+        section["dedup"] = {"backend": "redis"}
+        section["budget"] = {"backend": "redis", "limits": [{"scope": "tenant", "usd": 0.0013, "window": "day"}]}
+        # a patient Redis client: on this loaded machine a slow answer would send a worker to its own
+        # books (the designed fallback when Redis fails), which is not what these tests look at
+        section["redis"] = {"url": redis_url, "key_prefix": f"proxy{uuid.uuid4().hex[:8]}", "operation_timeout": 5,
+                            "connect_timeout": 5}
+        config["general_settings"]["custom_auth"] = "worker_auth.user_api_key_auth"
+
+    process = start_variant(standin_server, folder, shared, workers=2)
     yield process
     process.stop()
 
