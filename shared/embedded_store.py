@@ -403,7 +403,7 @@ class EmbeddedStore:
                                                   str(source), float(at))):
                 self._unsaved_blocks.add(dropped.pairing)
         for tenant in list(self._tenants):  # bounds lowered since the file was written
-            self._bound(tenant)
+            self._evictions += self._bound(tenant)
         self._sync()  # a file that takes no writes still serves what it holds
 
     def _quarantine(self, exc: Exception) -> None:

@@ -48,6 +48,10 @@ def test_size_is_bounded_by_evicting_the_least_recently_used(tmp_path: Path) -> 
     store.close()
     reopened = EmbeddedStore(tmp_path / "c.sqlite3", max_entries=3)
     assert len(reopened) == 3 and reopened.get_exact("s", "k1", time.time()) is None
+    reopened.close()
+    smaller = EmbeddedStore(tmp_path / "c.sqlite3", max_entries=2)  # a bound lowered since the file was written
+    assert len(smaller) == 2 and smaller.evictions == 1
+    smaller.close()
 
 
 def test_expired_entries_are_never_returned_and_are_purged(tmp_path: Path) -> None:
