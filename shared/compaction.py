@@ -15,8 +15,9 @@ thrifty's own call, through the caller's ``upstream`` (the adapter's way to call
 LiteLLM, LiteLLM again, as an audit does). It is kept in the cache's exact tier under a request
 made of the replaced turns - scoped, as every entry, by the tenant (and by the user when the
 turns carry personal data) - and in a small memo in this process, so each conversation prefix is
-paid for once. Its call is reserved against the caller's budgets and recorded in the ledger as a
-``call`` with outcome ``summary``, at its cost.
+paid for once; calls of this process that need the same summary while it is being written wait
+for it (at most ``dedup.max_wait``) instead of asking for it again. Its call is reserved against
+the caller's budgets and recorded in the ledger as a ``call`` with outcome ``summary``, at its cost.
 
 Compaction fails open: when the summary cannot be had (the call fails, a budget refuses it, it
 comes back empty or no shorter than what it replaces), the call is sent uncompacted.
@@ -41,6 +42,7 @@ from .log_once import LogOnce
 from .plan import Plan
 from .request import CanonicalRequest, canonicalize
 from .settings import DietPolicySettings, ThriftySettings
+from .singleflight import Flight, FlightTable
 from .tokens import with_usage
 
 log = logging.getLogger("thrifty.diet")
@@ -157,8 +159,17 @@ class _KeepSummary(CompactionOp):
 
 
 @dataclass(frozen=True)
+class _AwaitSummary(CompactionOp):
+    """Wait (at most ``timeout`` seconds) for the summary another call of this process is writing."""
+
+    flight: Flight[str | None]
+    timeout: float
+
+
+@dataclass(frozen=True)
 class Summary:
-    """A summary of ``turns`` turns, and where it came from: ``"memo"``, ``"cache"`` or ``"call"``."""
+    """A summary of ``turns`` turns, and where it came from: ``"memo"``, ``"cache"``, ``"call"`` or
+    ``"joined"`` (another call of this process was writing it)."""
 
     text: str
     source: str
@@ -172,6 +183,7 @@ class Compactor:
         self.cache = cache
         self.books = books
         self._memo: OrderedDict[str, str] = OrderedDict()
+        self._writing: FlightTable[str | None] = FlightTable()  # summaries being written, by key
         self._lock = threading.Lock()
         self._log_once = LogOnce(log)
 
@@ -187,6 +199,24 @@ class Compactor:
             text = self._memo.get(key.exact_key)
         if text is not None:
             return Summary(text, "memo")
+        flight: Flight[str | None] = self._writing.claim(key.exact_key)
+        if not flight.leader:  # concurrent calls of one conversation pay for one summary
+            try:
+                text = yield _AwaitSummary(flight, self.settings.dedup.max_wait)
+            except Exception:  # noqa: BLE001 - the writer failed or took too long: send the history whole
+                return None
+            return Summary(text, "joined") if text else None
+        try:
+            written = yield from self._written(request, key, replaced, model=model, canonical=canonical,
+                                               upstream=upstream)
+            flight.resolve(written.text if written is not None else None)
+        finally:
+            flight.reject(RuntimeError("the summary was not written"))  # a no-op once resolved
+        return written
+
+    def _written(self, request: dict[str, Any], key: CanonicalRequest, replaced: Sequence[Mapping[str, Any]], *,
+                 model: str, canonical: CanonicalRequest, upstream: Upstream | AsyncUpstream) -> Plan[Summary | None]:
+        """The summary from the cache, else written by a call (the leader's part of :meth:`summary`)."""
         found: Lookup = yield _FindSummary(key)
         if found.hit and found.answer is not None and answer_text(found.answer).strip():
             return self._remember(key, Summary(answer_text(found.answer).strip(), "cache"))
@@ -230,6 +260,8 @@ class Compactor:
             return self.cache.lookup(op.key)
         if isinstance(op, _AskSummary):
             return op.upstream(op.request)
+        if isinstance(op, _AwaitSummary):
+            return op.flight.result(op.timeout)
         assert isinstance(op, _KeepSummary)
         return self.cache.store(op.key, op.completion)
 
@@ -241,6 +273,8 @@ class Compactor:
             if not isinstance(result, Awaitable):
                 raise TypeError("the async path needs an async upstream for history summaries")
             return await result
+        if isinstance(op, _AwaitSummary):
+            return await op.flight.wait(op.timeout)
         assert isinstance(op, _KeepSummary)
         stored: Stored = await self.cache.astore(op.key, op.completion)
         return stored

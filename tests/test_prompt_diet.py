@@ -18,11 +18,12 @@ from typing import Any
 
 import litellm
 import pytest
-from conftest import Standin, async_wait_for, wait_for
+from conftest import Standin, answer, async_wait_for, wait_for
 from litellm import Router
 from sent_bodies import Sent
 from thrifty.cli import main as thrifty_main
-from thrifty.compaction import replaced_span, transcript, turn_starts
+from thrifty.compaction import SUMMARY_INSTRUCTIONS, replaced_span, transcript, turn_starts
+from thrifty.completion import Completion
 from thrifty.diet import PromptDiet, protected_tools
 from thrifty.embedder import SentenceTransformerEmbedder
 from thrifty.gate import Thrifty
@@ -334,6 +335,48 @@ def test_compaction_replaces_the_oldest_turns_once_per_conversation_and_keeps_to
     assert "prompt diet, history compaction: 3 calls" in capsys.readouterr().out
     assert thrifty_main(["report", str(tmp_path / "ledger.jsonl"), "--prompts", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["prompt_diet"]["compaction"]["calls"] == 3
+
+
+def test_concurrent_calls_of_one_conversation_pay_for_one_summary(embedder: SentenceTransformerEmbedder) -> None:
+    # a unit test of the compactor's own single-flight: the upstream is a fake that holds the
+    # summary until a second call of the same conversation waits for it
+    gate = Thrifty(ThriftySettings(cache={"backend": "memory"}, ledger={"path": None},
+                                   prompt_diet={"default": {**COMPACT, "summary_model": "gpt-4o-mini"}}),
+                   embedder=embedder)
+    base = conversation("tents", 6, "placeholder")[:-1]
+    summaries: list[dict[str, Any]] = []
+    sent: list[dict[str, Any]] = []
+
+    async def scenario() -> list[Any]:
+        written = asyncio.Event()
+
+        async def upstream(request: dict[str, Any]) -> Completion:
+            if str(request["messages"][0]["content"]).startswith(SUMMARY_INSTRUCTIONS):
+                summaries.append(request)
+                await written.wait()
+                return answer("The customer asked about parcels 4100 to 4103, all in Lyon.", model="gpt-4o-mini")
+            sent.append(request)
+            return answer(f"Answer to: {request['messages'][-1]['content']}", model="gpt-4o")
+
+        def ask_with(final: str) -> Any:
+            return gate.acall({"model": "gpt-4o", "messages": [*base, {"role": "user", "content": final}]}, upstream)
+
+        first = asyncio.create_task(ask_with("Which parcel is late?"))
+        await async_wait_for(lambda: len(summaries) == 1, what="the first call's summary in flight")
+        second = asyncio.create_task(ask_with("Which parcel is heaviest?"))
+        compactor = gate.diet.compactor
+        await async_wait_for(lambda: sum(compactor._writing.snapshot().values()) == 1,
+                             what="the second call to wait for the same summary")
+        written.set()
+        return [await first, await second]
+
+    answers = asyncio.run(scenario())
+    assert len(summaries) == 1  # one summary paid for two calls
+    assert [a.text for a in answers] == ["Answer to: Which parcel is late?", "Answer to: Which parcel is heaviest?"]
+    assert len(sent) == 2 and all(r["messages"][1]["content"].startswith("Summary of the first 4 turns")
+                                  and "parcels 4100 to 4103" in r["messages"][1]["content"] for r in sent)
+    sources = sorted(e.detail.split("(")[1] for e in gate.ledger.events() if e.kind == "diet")
+    assert sources == ["call)", "joined)"]
 
 
 def test_compaction_fails_open_when_the_summary_call_fails(standin: Standin, thrifty_with: Any, sent: Sent) -> None:
