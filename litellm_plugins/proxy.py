@@ -134,9 +134,9 @@ class ThriftyProxyHandler(ThriftyCallback):
         hidden = getattr(response, "_hidden_params", None)
         info = hidden.get(THRIFTY) if isinstance(hidden, Mapping) else None
         if not isinstance(info, Mapping):
-            info = decided.info if decided is not None else None
-        if not isinstance(info, Mapping):
-            return None
+            if decided is None:
+                return None
+            info = kept
         headers = {"x-thrifty-decision": str(info.get("decision"))}
         if info.get("tier"):
             headers["x-thrifty-tier"] = str(info["tier"])

@@ -156,23 +156,24 @@ class PromptDiet:
         if not self.configured or canonical.invalid is not None:
             return None
         policy = self.policy_for(canonical)
-        if policy is None:
+        changing = _changing(policy, request, canonical) if policy is not None else {}
+        if policy is None or not changing:
             return None
         sent, trims = dict(request), []
         model = canonical.model
-        if policy.max_tokens is not None and all(request.get(k) is None for k in LENGTH_FIELDS):
+        if "max_tokens" in changing:
             sent["max_tokens"] = policy.max_tokens
             trims.append(Trim("output_cap", 0, f"max_tokens {policy.max_tokens}", max_tokens=policy.max_tokens))
-        if policy.max_tools is not None:
+        if "max_tools" in changing:
             try:
-                pruned = yield from self._pruned(sent, canonical, policy.max_tools, vector)
+                pruned = yield from self._pruned(sent, canonical, changing["max_tools"], vector)
             except Exception as exc:  # noqa: BLE001 - fail open: every tool is sent
                 self._failed("tool_pruning", exc)
                 pruned = None
             if pruned is not None:
                 sent, trim = pruned
                 trims.append(trim)
-        if upstream is not None and (policy.compact_after_turns is not None or policy.compact_after_tokens is not None):
+        if upstream is not None and "compaction" in changing:
             try:
                 shorter = yield from self._compacted(sent, canonical, policy, upstream,
                                                      policy.summary_model or summary_model or model)
@@ -188,7 +189,7 @@ class PromptDiet:
     def _pruned(self, request: dict[str, Any], canonical: CanonicalRequest, most: int,
                 vector: Vector | None) -> Plan[tuple[dict[str, Any], Trim] | None]:
         tools = request.get("tools")
-        if not isinstance(tools, list) or len(tools) <= most:
+        if not isinstance(tools, list):
             return None
         protected = protected_tools(request)
         names = [tool_name(tool) for tool in tools]
@@ -374,8 +375,9 @@ def diet_savings(events: Sequence[LedgerEvent]) -> dict[str, DietSaving]:
 
 def _changing(policy: DietPolicySettings, request: Mapping[str, Any],
               canonical: CanonicalRequest) -> dict[str, Any]:
-    """The fields of ``policy`` that can change ``request`` (a superset of what :meth:`PromptDiet.plan`
-    changes: a part that turns out to change nothing is still named, which only keeps entries apart)."""
+    """The fields of ``policy`` that can change ``request``: the parts :meth:`PromptDiet.plan` tries,
+    and what :meth:`PromptDiet.scoped` keys with (a part that turns out to change nothing - a pruning
+    that must keep every tool, a summary that fails - is still named, which only keeps entries apart)."""
     changing: dict[str, Any] = {}
     if policy.max_tokens is not None and all(request.get(k) is None for k in LENGTH_FIELDS):
         changing["max_tokens"] = policy.max_tokens

@@ -8,6 +8,7 @@ workers sharing the cache, single-flight and budgets through Redis."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -63,6 +64,12 @@ def stored(proxy: ProxyProcess, text: str) -> bool:
         return False
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
         return db.execute("SELECT COUNT(*) FROM entries WHERE text = ?", (text,)).fetchone()[0] > 0
+
+
+def ledger_events(proxy: ProxyProcess) -> list[dict[str, Any]]:
+    """The events in the proxy's ledger file so far."""
+    ledger = proxy.log.parent / "ledger.jsonl"
+    return [json.loads(line) for line in ledger.read_text().splitlines()] if ledger.is_file() else []
 
 
 def client(proxy: ProxyProcess, key: str | None = None) -> openai.OpenAI:
@@ -241,24 +248,20 @@ def audit_proxy(standin_server: Standin, tmp_path_factory: pytest.TempPathFactor
 
 def test_a_semantic_hit_through_the_proxy_is_audited_after_the_caller_has_it(audit_proxy: ProxyProcess,
                                                                              standin: Standin) -> None:
-    import json
-
     first, headers = ask(client(audit_proxy), "How do I return a tent I bought online?")
     assert headers["x-thrifty-decision"] == "call" and standin.calls() == 1
     again, headers = ask(client(audit_proxy), "how can I return a tent I bought online")
     assert again == first and headers["x-thrifty-decision"] == "cache_hit"
     # the audit: the same question asked again of the model, in the background, after the answer
     wait_for(lambda: standin.calls() == 2, what="the audit's call to reach the provider")
-    ledger = audit_proxy.log.parent / "ledger.jsonl"
 
     def audits() -> list[dict[str, Any]]:
-        lines = ledger.read_text().splitlines() if ledger.is_file() else []
-        return [e for e in map(json.loads, lines) if e["kind"] == "audit"]
+        return [e for e in ledger_events(audit_proxy) if e["kind"] == "audit"]
 
     wait_for(lambda: len(audits()) == 1, what="the audit in the proxy's ledger")
     # the stand-in's fresh answer says the same thing in the question's own words: they agree
     assert audits()[0]["outcome"] == "agree" and audits()[0]["cost"] > 0
-    kinds = [e["kind"] for e in map(json.loads, ledger.read_text().splitlines())]
+    kinds = [e["kind"] for e in ledger_events(audit_proxy)]
     assert kinds == ["call", "cache_hit", "audit"]  # the hit was booked before its audit
 
 
@@ -274,8 +277,6 @@ def diet_proxy(standin_server: Standin, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_the_prompt_diet_applies_through_the_proxy(diet_proxy: ProxyProcess, standin: Standin) -> None:
-    import json
-
     def tool(name: str, description: str) -> dict[str, Any]:
         return {"type": "function", "function": {"name": name, "description": description,
                                                  "parameters": {"type": "object", "properties": {}}}}
@@ -305,16 +306,13 @@ def test_the_prompt_diet_applies_through_the_proxy(diet_proxy: ProxyProcess, sta
     assert dieted < whole
     # the writer's summary was asked of the cheapest tier
     assert standin.stats()["by_model"] == {"gpt-4o": 2, "gpt-4o-mini": 1}
-    ledger = diet_proxy.log.parent / "ledger.jsonl"
-
-    def events() -> list[dict[str, Any]]:
-        return [json.loads(line) for line in ledger.read_text().splitlines()] if ledger.is_file() else []
-
-    wait_for(lambda: len([e for e in events() if e["kind"] == "diet"]) == 2, what="the diet in the proxy's ledger")
-    diets = {e["outcome"]: e for e in events() if e["kind"] == "diet"}
+    wait_for(lambda: len([e for e in ledger_events(diet_proxy) if e["kind"] == "diet"]) == 2,
+             what="the diet in the proxy's ledger")
+    events = ledger_events(diet_proxy)
+    diets = {e["outcome"]: e for e in events if e["kind"] == "diet"}
     assert set(diets) == {"tool_pruning", "compaction"}
     assert all(e["agent"] == "writer" and e["saved_tokens"] > 0 for e in diets.values())
-    assert [e["model"] for e in events() if e["kind"] == "call" and e["outcome"] == "summary"] == ["gpt-4o-mini"]
+    assert [e["model"] for e in events if e["kind"] == "call" and e["outcome"] == "summary"] == ["gpt-4o-mini"]
 
 
 def test_each_team_has_its_own_budget(team_proxy: ProxyProcess, standin: Standin) -> None:

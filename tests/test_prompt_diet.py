@@ -339,7 +339,8 @@ def test_compaction_replaces_the_oldest_turns_once_per_conversation_and_keeps_to
 
 def test_concurrent_calls_of_one_conversation_pay_for_one_summary(embedder: SentenceTransformerEmbedder) -> None:
     # a unit test of the compactor's own single-flight: the upstream is a fake that holds the
-    # summary until a second call of the same conversation waits for it
+    # summary until a second call of the same conversation waits for it (the stand-in cannot hold
+    # it: it reads its directives from the final user turn, which for a summary thrifty writes)
     gate = Thrifty(ThriftySettings(cache={"backend": "memory"}, ledger={"path": None},
                                    prompt_diet={"default": {**COMPACT, "summary_model": "gpt-4o-mini"}}),
                    embedder=embedder)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..standin import REFUSAL, Scripted, as_json_if_asked, prompt_tokens
+from ..standin import tokens as count_tokens
 from .workload import DemoCall, messages_digest
 
 Judgement = Literal["right", "wrong", "failed", "unknown"]
@@ -100,7 +101,7 @@ class DemoWorld:
         if isinstance(max_tokens, int) and max_tokens > 0:
             tokens = min(tokens, max_tokens)
         text = " ".join(said)[:4 * tokens]
-        tokens = max(1, -(-len(text) // 4))
+        tokens = count_tokens(text)
         latency = self.latency_scale * (speed.first_token + speed.per_token * tokens)
         return Scripted(text, tokens_in, tokens, latency)
 
