@@ -73,6 +73,7 @@ _SPELLING = ((re.compile(r"is(e|es|ed|ing|ation|ations)$"), r"iz\1"),
              (re.compile(r"([^aeiou])re$"), r"\1er"), (re.compile(r"([^aeiou])res$"), r"\1ers"),
              (re.compile(r"yse(s|d)?$"), r"yze\1"), (re.compile(r"ogue$"), "og"),
              (re.compile(r"ence$"), "ense"))
+_ARROWS = frozenset({">", "→"})
 _QUESTION = "?"  # prefix of the question-type tokens the lexicon's phrases produce
 @lru_cache(maxsize=65536)
 def stem(word: str) -> str:
@@ -226,8 +227,13 @@ class RuleVerifier:
                 continue
             follower = next((f for f in terms[i + 1:]
                              if f.norm not in lex.direction_markers and (not f.function or f.number)), None)
+            arrow = t.norm in _ARROWS  # "Denver -> Boston" is "from Denver to Boston"
             if follower is not None:
-                slots.setdefault(t.norm, set()).add(follower.number or follower.key)
+                slots.setdefault("to" if arrow else t.norm, set()).add(follower.number or follower.key)
+            leader = next((f for f in reversed(terms[:i])
+                           if f.norm not in lex.direction_markers and (not f.function or f.number)), None)
+            if arrow and leader is not None:
+                slots.setdefault("from", set()).add(leader.number or leader.key)
         return TextFacts(text, tuple(terms), numbers, identifiers, negations, question_types,
                          {k: frozenset(v) for k, v in slots.items()})
 

@@ -37,6 +37,8 @@ REFUSED = [
     ("Is the pool open on holidays?", "Is the pool never open on holidays?", "negation"),
     ("Find flights from Boston to Denver", "Find flights from Denver to Boston", "direction"),
     ("flights Boston to Denver", "flights Denver to Boston", "direction"),
+    ("Book a train from Paris to Lyon", "Book me a train, Lyon -> Paris", "direction"),
+    ("Ship it from Berlin to Munich", "Ship it Munich → Berlin", "direction"),
     ("Convert 100 USD to EUR", "Convert 100 EUR to USD", "direction"),
     ("What is 15 minus 7?", "What is 7 minus 15?", "direction"),
     ("Replace tabs with spaces in this file.", "Replace spaces with tabs in this file.", "direction"),
