@@ -5,12 +5,18 @@ of Jaws?": no; "amoxicillin" / "atorvastatin", "Saturday" / "Sunday", "my passwo
 colleague's password": yes) is a learned judgment. :class:`LearnedVerifier` asks the rules first
 where they are certain (:meth:`thrifty.verifier.RuleVerifier.certain`: the same text or words,
 different numbers or identifiers, negation, the kind of question, direction), and lets a
-cross-encoder decide the rest: all-MiniLM-L6-v2's weights fine-tuned as a pair classifier on
-Quora's duplicates and on pairs made from WordNet (``training/pairs.py``), quantised to 8 bits
-and run by onnxruntime (``thrifty/models/verifier.onnx``, about 23 MB, shipped with the package;
-``training/train_verifier.py`` rebuilds it).
+learned model decide the rest in two steps: a cross-encoder (all-MiniLM-L6-v2's weights fine-tuned
+as a pair classifier on Quora's duplicates and on pairs made from WordNet, ``training/pairs.py``;
+quantised to 8 bits and run by onnxruntime: ``thrifty/models/verifier.onnx``, about 23 MB, shipped
+with the package; ``training/train_verifier.py`` rebuilds it) reads both texts, then a small
+combiner network weighs its logit with the embeddings' cosine and the token alignment of the two texts
+(:mod:`thrifty.alignment`: which words only one side has and what kind they are, and whether
+WordNet relates them), where the cross-encoder alone is unsure (a synonym, a moved phrase, an
+acronym written out, a misspelling, an added word, a possessive). The combiner's weights (one per
+feature and a bias) live in ``verifier.json``
+(``training/train_combiner.py`` fits them on pairs the cross-encoder never trained on).
 
-A candidate is accepted when the model's probability that one answer serves both is at least
+A candidate is accepted when the combined probability that one answer serves both is at least
 ``min_probability`` - calibrated for at most 1% wrong reuse on pairs the model never trained on
 and stored beside it, overridable in ``verifier.min_probability``. Every verdict keeps its
 reason (``learned`` with ``p=0.93``). Each candidate is judged on its own, so a verdict never
@@ -30,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .alignment import FEATURES, pair_features
 from .verifier import RuleVerifier, Verdict
 
 log = logging.getLogger("thrifty.verifier")
@@ -47,7 +54,8 @@ class LearnedVerifier:
         rules: the rules asked first (default :class:`~thrifty.verifier.RuleVerifier`).
         min_probability: the acceptance threshold; default the calibrated one shipped with the
             model.
-        model_path: the ONNX model (default the shipped one).
+        model_path: the ONNX model (default the shipped one); its combiner and threshold are read
+            from ``verifier.json`` beside it.
         threads: onnxruntime threads (default up to 2).
     """
 
@@ -55,10 +63,12 @@ class LearnedVerifier:
                  model_path: Path | None = None, threads: int | None = None) -> None:
         self.rules = rules if rules is not None else RuleVerifier()
         self.model_path = model_path or MODEL_FILE
-        self.min_probability = min_probability if min_probability is not None else shipped_threshold()
+        self.min_probability = (min_probability if min_probability is not None
+                                else shipped_threshold(self.model_path.parent / CALIBRATION_FILE.name))
         self.threads = threads or min(2, os.cpu_count() or 1)
         self._session: Any = None
         self._tokenizer: Any = None
+        self._combiner: Combiner | None = None
         self._lock = threading.Lock()
 
     runs_a_model = True  # the cache verifies off the event loop
@@ -79,12 +89,39 @@ class LearnedVerifier:
                 for a in assessed]
 
     def assess(self, query: str, candidates: Sequence[tuple[str, float]]) -> list[Verdict | float]:
-        """For each candidate, the certain rules' verdict, or else the model's probability that one
+        """For each candidate, the certain rules' verdict, or else the combined probability that one
         answer serves both (a pair too long for the model is refused). Raises when the model fails."""
         verdicts = [self.rules.certain(query, text, sim) for text, sim in candidates]
         open_pairs = [(query, text) for (text, _), v in zip(candidates, verdicts) if v is None]
         judged = iter(self.probabilities(open_pairs) if open_pairs else [])
-        return [v if v is not None else _or_too_long(next(judged)) for v in verdicts]
+        out: list[Verdict | float] = []
+        for (text, sim), verdict in zip(candidates, verdicts):
+            if verdict is not None:
+                out.append(verdict)
+                continue
+            probability = next(judged)
+            combined = probability if probability is None else self.combine(query, text, sim, probability)
+            out.append(_or_too_long(combined))
+        return out
+
+    def combine(self, query: str, candidate: str, similarity: float, pair_probability: float) -> float:
+        """The combiner's probability for a pair the cross-encoder gave ``pair_probability``; that
+        probability itself when no combiner ships beside the model."""
+        combiner = self._loaded_combiner()
+        if combiner is None:
+            return pair_probability
+        clipped = min(max(pair_probability, 1e-6), 1 - 1e-6)
+        features = pair_features(self.rules, self._pieces, query, candidate, similarity,
+                                 math.log(clipped / (1 - clipped)))
+        return combiner.probability(features)
+
+    def _pieces(self, word: str) -> int:
+        return len(self._loaded()[1].encode(word, add_special_tokens=False).ids)
+
+    def _loaded_combiner(self) -> Combiner | None:
+        if self._combiner is None:
+            self._combiner = Combiner.read(self.model_path.parent / CALIBRATION_FILE.name) or Combiner.NONE
+        return None if self._combiner is Combiner.NONE else self._combiner
 
     def probabilities(self, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
         """The model's probability, for each (new text, stored text), that one answer serves both
@@ -123,6 +160,42 @@ class LearnedVerifier:
         return self._session, self._tokenizer
 
 
+class Combiner:
+    """A small network over :data:`thrifty.alignment.FEATURES` (``verifier.json``'s "combiner"):
+    one hidden layer of tanh units, then a logistic output."""
+
+    NONE: Combiner
+
+    def __init__(self, hidden_weights: Sequence[Sequence[float]], hidden_bias: Sequence[float],
+                 weights: Sequence[float], bias: float) -> None:
+        self.hidden_weights = np.asarray(hidden_weights, dtype=np.float64)
+        self.hidden_bias = np.asarray(hidden_bias, dtype=np.float64)
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self.bias = float(bias)
+
+    def probability(self, features: Sequence[float]) -> float:
+        hidden = np.tanh(self.hidden_weights @ np.asarray(features, dtype=np.float64) + self.hidden_bias)
+        return _sigmoid(float(self.weights @ hidden) + self.bias)
+
+    @classmethod
+    def read(cls, path: Path) -> Combiner | None:
+        """The combiner stored in ``path``; None when it has none. Raises when it names other
+        features than :data:`~thrifty.alignment.FEATURES` (weights for another feature set)."""
+        try:
+            record = json.loads(path.read_text()).get("combiner")
+        except (OSError, ValueError):
+            return None
+        if not record:
+            return None
+        hidden = record["hidden"]
+        if list(record["features"]) != list(FEATURES) or any(len(row) != len(FEATURES) for row in hidden["weights"]):
+            raise ValueError(f"{path}: the combiner's features are not thrifty.alignment.FEATURES")
+        return cls(hidden["weights"], hidden["bias"], record["weights"], record["bias"])
+
+
+Combiner.NONE = Combiner([[]], [], [], 0.0)
+
+
 def _or_too_long(probability: float | None) -> Verdict | float:
     return Verdict(False, "too_long", f"over {MAX_LENGTH} word pieces") if probability is None else probability
 
@@ -143,10 +216,10 @@ def tokenizer_path() -> Path:
     return bundled / "tokenizer.json"
 
 
-def shipped_threshold() -> float:
+def shipped_threshold(path: Path = CALIBRATION_FILE) -> float:
     """The calibrated threshold stored beside the shipped model (0.5 when there is none)."""
     try:
-        value = float(json.loads(CALIBRATION_FILE.read_text())["min_probability"])
+        value = float(json.loads(path.read_text())["min_probability"])
         return value if math.isfinite(value) else 0.5
     except (OSError, ValueError, KeyError, TypeError):
         return 0.5

@@ -34,9 +34,7 @@ def test_semantic_hit_for_a_paraphrase(cache: SemanticCache) -> None:
     ("What's the status of order 44921?", "What's the status of order 44922?"),
     ("How do I enable 2FA on my account?", "How do I disable 2FA on my account?"),
     ("Find flights from Boston to Denver on Friday", "Find flights from Denver to Boston on Friday"),
-    pytest.param("Suggest a vegetarian menu for twelve people", "Suggest a vegan menu for twelve people",
-                 marks=pytest.mark.xfail(strict=True, reason="a known wrong reuse of the shipped verifier model "
-                                         "(p=0.99; README, 'What the learned verifier gets wrong')")),
+    ("Suggest a vegetarian menu for twelve people", "Suggest a vegan menu for twelve people"),
     ("What does the monthly plan cost?", "What does the annual plan cost?"),
 ])
 def test_near_duplicates_are_refused_and_counted(cache: SemanticCache, stored: str, asked: str) -> None:

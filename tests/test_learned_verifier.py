@@ -150,3 +150,28 @@ def test_the_async_lookup_verifies_off_the_event_loop(embedder: SentenceTransfor
 
         hit, loop_thread = asyncio.run(main())
     assert hit and verifier.judged_on and loop_thread not in verifier.judged_on
+
+
+def test_the_shipped_combiner_weighs_the_alignment_features() -> None:
+    from thrifty.alignment import FEATURES
+
+    combiner = json.loads(CALIBRATION_FILE.read_text())["combiner"]
+    assert combiner["features"] == list(FEATURES)
+    assert all(len(row) == len(FEATURES) for row in combiner["hidden"]["weights"])
+    assert len(combiner["weights"]) == len(combiner["hidden"]["weights"])
+    pair = SAME_ANSWER[0]
+    # the verdict's probability is the combiner's, not the cross-encoder's alone
+    (cross_encoder,) = VERIFIER.probabilities([(pair[1], pair[0])])
+    assert cross_encoder is not None
+    assert VERIFIER.combine(pair[1], pair[0], 0.9, cross_encoder) != pytest.approx(cross_encoder)
+
+
+def test_a_combiner_for_other_features_is_a_refusal_not_a_guess(tmp_path: Path) -> None:
+    (tmp_path / "verifier.onnx").write_bytes(MODEL_FILE.read_bytes())
+    record = json.loads(CALIBRATION_FILE.read_text())
+    record["combiner"]["features"] = ["pair_model", "something_else"]
+    (tmp_path / "verifier.json").write_text(json.dumps(record))
+    verifier = LearnedVerifier(model_path=tmp_path / "verifier.onnx")
+    stored, query = SAME_ANSWER[0]
+    verdict = verifier.verify(query, stored, 0.95)
+    assert (verdict.accepted, verdict.reason) == (False, "verifier_error")

@@ -65,6 +65,11 @@ FRAME_PATTERNS = {
         r"what are the steps to|is there a way to|tell me how to|explain how to)\s+(?P<x>[^?.!]{6,}?)\s*[?.!]*$", re.I),
     "what_is": re.compile(r"^(?:what is|what's|explain|define)\s+(?P<x>(?:an? |the )?[^?.!,]{3,40}?)\s*[?.!]*$", re.I),
 }
+MOVABLE = re.compile(
+    r"^(?P<head>(?:how|what|which|where|when|who|why|is|are|can|do|does|should|will|would|could)\b.+?)\s+"
+    r"(?P<phrase>(?:in|on|for|with|at|during|using|by|after|before|without|within|under|near|over)\s+[^,?.!]{2,40})"
+    r"(?P<end>[?.!]?)$", re.I)
+CONJUNCTS = re.compile(r"\b([A-Za-z][\w+#-]*) (and|or|vs\.?|versus) ([A-Za-z][\w+#-]*)\b")
 CONTRACTIONS = [("what is", "what's"), ("how is", "how's"), ("do not", "don't"), ("i am", "i'm"), ("it is", "it's"),
                 ("cannot", "can't"), ("does not", "doesn't"), ("where is", "where's")]
 
@@ -180,6 +185,61 @@ class PairMaker:
                 second = second[:1].upper() + second[1:]
             return text[:x.start()] + first + text[x.end():y.start()] + second + text[y.end():]
         return None
+
+    def move_phrase(self, text: str) -> str | None:
+        """A question's closing phrase moved to its front ("How do I read a CSV in Python?" / "In
+        Python, how do I read a CSV?"): the same request."""
+        match = MOVABLE.match(text.strip())
+        if match is None:
+            return None
+        head, phrase = match.group("head"), match.group("phrase")
+        return f"{phrase[0].upper()}{phrase[1:]}, {head[0].lower()}{head[1:]}{match.group('end') or '?'}"
+
+    def names(self, texts: Iterable[str], at_least: int = 3) -> list[str]:
+        """Capitalised words inside sentences that WordNet does not know, seen at least
+        ``at_least`` times (names of products, brands, drugs, places, people; not typos)."""
+        seen: Counter[str] = Counter()
+        for text in texts:
+            for match in WORD.finditer(text):
+                word = match.group()
+                if match.start() > 0 and word[:1].isupper() and word.isalpha() and len(word) > 2 \
+                        and not self.is_word(word):
+                    seen[word] += 1
+        return sorted(w for w, n in seen.items() if n >= at_least)
+
+    def name_swap(self, text: str, names: Sequence[str]) -> str | None:
+        """``text`` with one name WordNet does not know replaced by another such name ("Jira" /
+        "Asana", "Celebrex" / "Celexa"): a different thing asked about."""
+        known = set(names)
+        found = [m for m in WORD.finditer(text) if m.group() in known]
+        if not found:
+            return None
+        match = self.random.choice(found)
+        other = self.random.choice(names)
+        return None if other == match.group() else text[:match.start()] + other + text[match.end():]
+
+    def adjectives(self, at_least: int = 20) -> list[str]:
+        """Words WordNet knows only as adjectives, common in the corpus ("quick", "cheap")."""
+        return sorted(w for w, n in self.counts.items() if n >= at_least and w.isalpha() and len(w) > 3
+                      and w not in STOP and self.wordnet.parts_of_speech(w) == {"adj"})
+
+    def add_qualifier(self, text: str, adjectives: Sequence[str]) -> str | None:
+        """``text`` with an adjective put before one of its nouns ("dinner ideas" / "quick dinner
+        ideas"): a narrower question, which a general answer does not serve."""
+        nouns = [m for m in self._content_words(text)
+                 if m.group().isalpha() and m.group().islower() and self._mainly_noun(m.group())]
+        if not nouns or not adjectives:
+            return None
+        match = self.random.choice(nouns)
+        return text[:match.start()] + self.random.choice(adjectives) + " " + text[match.start():]
+
+    def swap_conjuncts(self, text: str) -> str | None:
+        """Two single words either side of "and", "or" or "vs" trading places ("TCP and UDP" /
+        "UDP and TCP"): the same request."""
+        match = CONJUNCTS.search(text)
+        if match is None or match.group(1).lower() in STOP or match.group(3).lower() in STOP:
+            return None
+        return text[:match.start()] + f"{match.group(3)} {match.group(2)} {match.group(1)}" + text[match.end():]
 
     def with_context(self, pair: Pair, context: str) -> Pair:
         """``pair`` after the same sentence of context on both sides."""
@@ -336,3 +396,33 @@ def make_pairs(maker: PairMaker, duplicates: Sequence[tuple[str, str]], close_ot
              for p in pairs]
     rng.shuffle(pairs)
     return pairs
+
+
+def acronyms(wordnet: WordNet) -> list[tuple[str, str]]:
+    """(acronym, what it stands for) from WordNet's synsets that hold both ("CPU" / "central
+    processing unit": one lemma is the initials of another)."""
+    found: set[tuple[str, str]] = set()
+    for synset in wordnet.synsets.values():
+        lemmas = [lemma.replace("_", " ") for lemma in synset.lemmas]
+        for short in lemmas:
+            letters = short.replace(".", "")
+            if not (letters.isalpha() and 2 <= len(letters) <= 5):
+                continue
+            for long in lemmas:
+                parts = long.split()
+                if len(parts) >= 2 and "".join(w[0] for w in parts).lower() == letters.lower():
+                    found.add((letters.upper(), long))
+    return sorted(found)
+
+
+def acronym_pairs(pairs: Sequence[tuple[str, str]], questions: Sequence[str], rng: random.Random,
+                  per_form: int = 4) -> list[Pair]:
+    """Positives: a question that names an acronym or what it stands for, and the same question
+    with the other form."""
+    out: list[Pair] = []
+    for short, long in rng.sample(list(pairs), len(pairs)):
+        for form, other in ((short, long), (long, short)):
+            pattern = re.compile(r"\b" + re.escape(form) + r"\b", re.I)
+            for question in [q for q in questions if pattern.search(q)][:per_form]:
+                out.append(Pair(question, pattern.sub(other, question, count=1), 1, "acronym"))
+    return out

@@ -253,7 +253,7 @@ def test_core_gate_async_any_request_is_an_error_or_a_safe_answer(oracle: Oracle
 
 
 PARAPHRASES = [
-    ("What is the refund policy?", "what's your refund policy"),
+    ("What is the refund policy?", "explain the refund policy"),
     ("How do I reset my password?", "How can I reset my password?"),
     ("Do you ship to Norway?", "do you ship to norway"),
     ("Can I change my delivery address?", "Is it possible to change my delivery address?"),
