@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import os
 import statistics
 import sys
@@ -55,7 +54,7 @@ from thrifty.pricing import PriceTable
 from thrifty.settings import EmbedderSettings
 
 from benchmarks.quora import DATA, distinct_pairs
-from benchmarks.summary_row import SummaryRow, Target, command, summary_argv
+from benchmarks.summary_row import SummaryRow, Target, command, measure_and_write, summary_argv
 from langchain_ext import ThriftyCache
 from langchain_ext.translate import cache_request
 
@@ -305,11 +304,7 @@ def summary(quick: bool = True, argv: Sequence[str] | None = None) -> list[Summa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    out = measure(args)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=1))
-    return 0
+    return measure_and_write(_parser(), measure, argv)
 
 
 if __name__ == "__main__":

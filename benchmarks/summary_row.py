@@ -7,6 +7,8 @@ one table.
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -95,3 +97,14 @@ def command(name: str, argv: Sequence[str]) -> str:
 def failed(benchmark: str, cmd: str, reason: str) -> SummaryRow:
     """The row of a benchmark that could not run (missing data, a failed setup)."""
     return SummaryRow(benchmark, "(not run)", None, "", None, "-", None, cmd, reason)
+
+
+def measure_and_write(parser: argparse.ArgumentParser, measure: Callable[[argparse.Namespace], dict[str, Any]],
+                      argv: Sequence[str] | None) -> int:
+    """A benchmark's ``main``: parse ``argv``, measure (which prints), write the figures to
+    ``--json`` when given."""
+    args = parser.parse_args(argv)
+    out = measure(args)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
