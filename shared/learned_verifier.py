@@ -110,12 +110,17 @@ class LearnedVerifier:
         combiner = self._loaded_combiner()
         if combiner is None:
             return pair_probability
-        clipped = min(max(pair_probability, 1e-6), 1 - 1e-6)
-        features = pair_features(self.rules, self._pieces, query, candidate, similarity,
-                                 math.log(clipped / (1 - clipped)))
-        return combiner.probability(features)
+        return combiner.probability(self.features(query, candidate, similarity, pair_probability))
 
-    def _pieces(self, word: str) -> int:
+    def features(self, query: str, candidate: str, similarity: float, pair_probability: float) -> list[float]:
+        """The combiner's inputs (:data:`thrifty.alignment.FEATURES`) for a pair the cross-encoder
+        gave ``pair_probability``; what ``training/train_combiner.py`` fits on."""
+        clipped = min(max(pair_probability, 1e-6), 1 - 1e-6)
+        return pair_features(self.rules, self.word_pieces, query, candidate, similarity,
+                             math.log(clipped / (1 - clipped)))
+
+    def word_pieces(self, word: str) -> int:
+        """How many word pieces the pair model's tokenizer cuts ``word`` into (1: a word it knows whole)."""
         return len(self._loaded()[1].encode(word, add_special_tokens=False).ids)
 
     def _loaded_combiner(self) -> Combiner | None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -52,7 +51,6 @@ HIDDEN = 16
 
 def features(pairs: list[Any], model_path: Path, embedder: Any) -> tuple[np.ndarray, np.ndarray]:
     """The combiner's inputs for the pairs the certain rules leave open, and their labels."""
-    from thrifty.alignment import pair_features
     from thrifty.learned_verifier import LearnedVerifier
 
     verifier = LearnedVerifier(model_path=model_path, min_probability=0.0)
@@ -69,9 +67,7 @@ def features(pairs: list[Any], model_path: Path, embedder: Any) -> tuple[np.ndar
     for (p, similarity), probability in zip(open_pairs, probabilities):
         if probability is None:
             continue  # too long for the model: refused before the combiner
-        clipped = min(max(probability, 1e-6), 1 - 1e-6)
-        rows.append(pair_features(verifier.rules, verifier._pieces, p.b, p.a, similarity,
-                                  math.log(clipped / (1 - clipped))))
+        rows.append(verifier.features(p.b, p.a, similarity, probability))
         labels.append(p.label)
     return np.asarray(rows, dtype=np.float32), np.asarray(labels, dtype=np.float32)
 
