@@ -53,21 +53,6 @@ def stand_in() -> Iterator[str]:
         thread.join(timeout=30)
 
 
-def labelled_sets(chosen: Sequence[str]) -> dict[str, Path]:
-    paths = {"dev": ROOT / "tests" / "data" / "dev_pairs.jsonl",
-             "calibration_pairs": ROOT / "tests" / "data" / "calibration_pairs.jsonl",
-             "unseen_pairs": ROOT / "benchmarks" / "data" / "unseen_pairs.jsonl"}
-    out = {name: paths[name] for name in chosen if name in paths}
-    if "fow_cache" in chosen:
-        try:
-            import fow_cache
-
-            out["fow_cache"] = Path(fow_cache.__file__).parent / "data" / "pairs.jsonl"
-        except ImportError:
-            print("   (fow-cache not installed: its pairs are skipped)")
-    return out
-
-
 def through_litellm(pairs: Sequence[Any], embedder: Any, api_base: str) -> list[bool]:
     """For each pair, whether LiteLLM handed the second question the first one's answer."""
     import litellm
@@ -93,28 +78,23 @@ def through_litellm(pairs: Sequence[Any], embedder: Any, api_base: str) -> list[
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     from thrifty.embedder import SentenceTransformerEmbedder
-    from thrifty.evaluation import evaluate_pairs, read_pairs
-    from thrifty.settings import ThriftySettings
+
+    from benchmarks.quality import beside_core, labelled_pairs
 
     embedder = SentenceTransformerEmbedder()
     out: dict[str, Any] = {}
     with stand_in() as api_base:
-        for name, path in labelled_sets(args.sets.split(",")).items():
-            pairs = read_pairs(path)[: args.limit or None]
+        for name in args.sets.split(","):
+            found = labelled_pairs(name)
+            if found is None:
+                print(f"   ({name}: not installed, skipped)")
+                continue
+            pairs = found[: args.limit or None]
             embedder.embed(list({t for p in pairs for t in (p.a, p.b)}))
             started = time.perf_counter()
             served = through_litellm(pairs, embedder, api_base)
             seconds = time.perf_counter() - started
-            core = evaluate_pairs(pairs, ThriftySettings(cache={"backend": "memory"}, ledger={"path": None}),
-                                  embedder=embedder)
-            result = {"pairs": len(pairs), "same_answer_pairs": sum(p.label for p in pairs),
-                      "served": sum(1 for p, s in zip(pairs, served) if s and p.label),
-                      "wrong": sum(1 for p, s in zip(pairs, served) if s and not p.label),
-                      "core_served": core.totals.true_hits, "core_wrong": core.totals.false_hits,
-                      "same_as_core": sum(1 for s, d in zip(served, core.decisions) if s == bool(d["hit"])),
-                      "wrong_pairs": [[p.a, p.b] for p, s in zip(pairs, served) if s and not p.label],
-                      "seconds": round(seconds, 1)}
-            out[name] = result
+            result = out[name] = beside_core(pairs, served, embedder) | {"seconds": round(seconds, 1)}
             print(f"   {name}: {result['pairs']} pairs through litellm.completion in {seconds:.0f} s; served "
                   f"{result['served']} of {result['same_answer_pairs']} same-answer pairs, wrong answers handed "
                   f"out {result['wrong']} of {result['pairs'] - result['same_answer_pairs']} (core alone: "

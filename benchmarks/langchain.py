@@ -48,11 +48,12 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.outputs import ChatGeneration, ChatResult
 from thrifty import Thrifty, ThriftySettings
 from thrifty.embedder import SentenceTransformerEmbedder
-from thrifty.evaluation import Pair, evaluate_pairs, read_pairs
+from thrifty.evaluation import Pair
 from thrifty.ledger import Ledger
 from thrifty.pricing import PriceTable
 from thrifty.settings import EmbedderSettings
 
+from benchmarks.quality import beside_core, labelled_pairs
 from benchmarks.quora import DATA, distinct_pairs
 from benchmarks.summary_row import SummaryRow, Target, command, measure_and_write, summary_argv
 from langchain_ext import ThriftyCache
@@ -110,20 +111,12 @@ def gate(embedder: SentenceTransformerEmbedder, **settings: Any) -> Thrifty:
 
 # ------------------------------------------------------------------ 1. decisions
 def decisions(pairs: Sequence[Pair], embedder: SentenceTransformerEmbedder) -> dict[str, Any]:
-    core = evaluate_pairs(pairs, ThriftySettings(cache={"backend": "memory"}, ledger={"path": None}),
-                          embedder=embedder)
-    same = served = wrong = 0
-    for pair, decided in zip(pairs, core.decisions):
-        cache = ThriftyCache(gate=gate(embedder))
-        model = InstantModel(cache=cache)
+    served = []
+    for pair in pairs:
+        model = InstantModel(cache=ThriftyCache(gate=gate(embedder)))
         model.invoke(ask(pair.a))
-        hit = bool(model.invoke(ask(pair.b)).response_metadata.get("thrifty"))
-        same += hit == decided["hit"]
-        served += hit and pair.label == 1
-        wrong += hit and pair.label == 0
-    return {"pairs": len(pairs), "same_as_core": same, "same_answer_pairs": sum(p.label for p in pairs),
-            "served": served, "wrong": wrong, "core_served": core.totals.true_hits,
-            "core_wrong": core.totals.false_hits}
+        served.append(bool(model.invoke(ask(pair.b)).response_metadata.get("thrifty")))
+    return beside_core(pairs, served, embedder)
 
 
 # ------------------------------------------------------------------ 2. hit cost
@@ -232,16 +225,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     print("1. the same decisions through LangChain as through the core")
     chosen = args.pair_sets.split(",")
-    sets = {"thrifty dev set": ROOT / "tests" / "data" / "dev_pairs.jsonl"} if "dev" in chosen else {}
-    if "fow_cache" in chosen:
-        try:
-            import fow_cache
-
-            sets["fow-cache (held out)"] = Path(fow_cache.__file__).parent / "data" / "pairs.jsonl"
-        except ImportError:
+    for key, name in (("dev", "thrifty dev set"), ("fow_cache", "fow-cache (held out)")):
+        if key not in chosen:
+            continue
+        pairs = labelled_pairs(key)
+        if pairs is None:
             print("   (fow-cache not installed: its pairs are skipped)")
-    for name, path in sets.items():
-        pairs = read_pairs(path)
+            continue
         embedder.embed(list({t for p in pairs for t in (p.a, p.b)}))
         result = decisions(pairs, embedder)
         out[name] = result

@@ -178,6 +178,29 @@ def fow_pairs() -> list[Pair] | None:
         return read_pairs(file)
 
 
+LABELLED = {"dev": ROOT / "tests" / "data" / "dev_pairs.jsonl",
+            "calibration_pairs": ROOT / "tests" / "data" / "calibration_pairs.jsonl",
+            "unseen_pairs": ROOT / "benchmarks" / "data" / "unseen_pairs.jsonl"}
+
+
+def labelled_pairs(name: str) -> list[Pair] | None:
+    """A labelled set by name: ``dev``, ``calibration_pairs``, ``unseen_pairs`` or ``fow_cache``
+    (None when the fow-cache package is not installed)."""
+    return fow_pairs() if name == "fow_cache" else read_pairs(LABELLED[name])
+
+
+def beside_core(pairs: Sequence[Pair], served: Sequence[bool], embedder: SentenceTransformerEmbedder) -> dict[str, Any]:
+    """An adapter's decisions on ``pairs`` (``served[i]``: pair i's second text was handed the
+    first one's answer) beside the core's own (``thrifty eval pairs``) on the same pairs."""
+    core = evaluate_pairs(pairs, ThriftySettings(cache={"backend": "memory"}, ledger={"path": None}), embedder=embedder)
+    wrong = [p for p, hit in zip(pairs, served) if hit and not p.label]
+    return {"pairs": len(pairs), "same_as_core": sum(hit == bool(d["hit"]) for hit, d in zip(served, core.decisions)),
+            "same_answer_pairs": sum(p.label for p in pairs),
+            "served": sum(1 for p, hit in zip(pairs, served) if hit and p.label), "wrong": len(wrong),
+            "core_served": core.totals.true_hits, "core_wrong": core.totals.false_hits,
+            "wrong_pairs": [[p.a, p.b] for p in wrong]}
+
+
 @dataclass(frozen=True)
 class Scored:
     """One data set's results: ``protocol`` "origin" (GPTCache's) or "pairs" (thrifty eval pairs's);
@@ -256,10 +279,10 @@ def measure(args: argparse.Namespace) -> tuple[list[Scored], list[str]]:
 
     if "dev" in chosen:
         by_pairs("dev", "thrifty dev set (tests/data/dev_pairs.jsonl; the learned verifier trained on two thirds "
-                 "of it and was calibrated on the rest)", read_pairs(ROOT / "tests" / "data" / "dev_pairs.jsonl"))
-    for path, title in ((ROOT / "tests" / "data" / "calibration_pairs.jsonl",
+                 "of it and was calibrated on the rest)", read_pairs(LABELLED["dev"]))
+    for path, title in ((LABELLED["calibration_pairs"],
                          "calibration pairs (the learned verifier's threshold was chosen on them)"),
-                        (ROOT / "benchmarks" / "data" / "unseen_pairs.jsonl",
+                        (LABELLED["unseen_pairs"],
                          "unseen pairs (written after the model was trained; never trained or tuned on)"),
                         *(((args.pairs, str(args.pairs)),) if args.pairs else ())):
         if path.stem in chosen or path == args.pairs:

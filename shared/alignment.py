@@ -21,13 +21,14 @@ from collections.abc import Callable, Sequence
 from rapidfuzz.fuzz import ratio
 
 from .related_words import DEFAULT_RELATED_WORDS, RelatedWords
-from .text import strip_pleasantries, words
-from .verifier import RuleVerifier, TextFacts
+from .verifier import RuleVerifier, Term, TextFacts
 
 # Words that say whose thing is asked about ("my manager" / "my manager's manager").
 POSSESSIVES = frozenset("my mine your yours his her hers our ours their theirs 's '".split())
+# Words that name a person: the possessives and the pronouns ("Can I see ..." / "Can my parents see ...").
+PERSONS = POSSESSIVES | frozenset("i me myself you yourself he him she we us they them".split())
 FEATURES = ("pair_model", "similarity", "unmatched_new", "unmatched_stored", "unmatched_most", "unmatched_share",
-            "same_words_moved", "same_content", "function_changes", "possessive_changes", "acronym",
+            "same_words_moved", "same_content", "function_changes", "person_changes", "acronym",
             "spelling_likeness", "unmatched_capitalised", "one_for_one", "content_size", "length_ratio",
             "block_moved", "one_side_adds", "misspelling", "both_unknown", "both_known", "possessive_scope",
             "related_swap", "related_share", "unknown_unmatched", "content_reordered", "content_rotated",
@@ -58,35 +59,30 @@ def pair_features(rules: RuleVerifier, pieces: Callable[[str], int], new: str, s
     unmatched_a = {t.norm for t in ta if not t.function and t.key in only_a}
     unmatched_b = {t.norm for t in tb if not t.function and t.key in only_b}
     likeness, misspelling, both_unknown, both_known = _closest_spelling(unmatched_a, unmatched_b, pieces)
-    capitalised = _capitalised(new) & unmatched_a or _capitalised(stored) & unmatched_b
+    capitalised = (any(t.capitalised and t.norm in unmatched_a for t in ta)
+                   or any(t.capitalised and t.norm in unmatched_b for t in tb))
     seq_a, seq_b = _spoken(fa), _spoken(fb)
     moved = Counter(seq_a) == Counter(seq_b) and seq_a != seq_b
-    possessives_a = Counter(t.norm for t in ta if t.norm in POSSESSIVES)
-    possessives_b = Counter(t.norm for t in tb if t.norm in POSSESSIVES)
     la, lb = len(ta), len(tb)
     alpha_a, alpha_b = sorted(w for w in unmatched_a if w.isalpha()), sorted(w for w in unmatched_b if w.isalpha())
     paired = [w for w in alpha_a if any(related.related(w, o) for o in alpha_b)]
     paired += [w for w in alpha_b if any(related.related(w, o) for o in alpha_a)]
     related_share = len(paired) / max(1, len(alpha_a) + len(alpha_b))
     unknown = any(not related.known(w) for w in alpha_a + alpha_b)
+    reordered = content_a == content_b and order_a != order_b
     return [
         max(-_MAX_LOGIT, min(_MAX_LOGIT, pair_logit)) / 4, similarity,
         min(na, 4) / 2, min(nb, 4) / 2, min(max(na, nb), 4) / 2, (na + nb) / n_content,
         float(all_a == all_b), float(na == 0 and nb == 0), min(function_changes, 6) / 3,
-        float(Counter(t.norm for t in ta if t.norm in _PERSONS) != Counter(t.norm for t in tb if t.norm in _PERSONS)),
-        float(_acronym(only_a, tb) or _acronym(only_b, ta)), likeness, float(bool(capitalised)),
+        float(_counted(ta, PERSONS) != _counted(tb, PERSONS)),
+        float(_acronym(only_a, tb) or _acronym(only_b, ta)), likeness, float(capitalised),
         float(na == 1 and nb == 1), min(n_content, 30) / 10, min(la, lb) / max(1, la, lb),
         float(moved and _rotation(seq_a, seq_b)), float((na == 0) != (nb == 0)),
-        misspelling, both_unknown, both_known, float(possessives_a != possessives_b),
+        misspelling, both_unknown, both_known, float(_counted(ta, POSSESSIVES) != _counted(tb, POSSESSIVES)),
         float(bool(alpha_a) and bool(alpha_b) and related_share == 1.0), related_share, float(unknown),
-        float(content_a == content_b and order_a != order_b),
-        float(content_a == content_b and order_a != order_b and _rotation(order_a, order_b)),
+        float(reordered), float(reordered and _rotation(order_a, order_b)),
         float(_conjuncts_swapped(seq_a, seq_b)),
     ]
-
-
-_PERSONS = frozenset("i me my mine myself you your yours yourself he him his she her hers we us our ours they "
-                     "them their theirs 's '".split())
 
 
 def _content_order(a: TextFacts, b: TextFacts, related: RelatedWords) -> tuple[list[str], list[str]]:
@@ -125,9 +121,13 @@ def _rotation(a: Sequence[str], b: Sequence[str]) -> bool:
     return any(list(a[i:]) + list(a[:i]) == list(b) for i in range(1, len(a)))
 
 
-def _acronym(unmatched: Counter[str], other: Sequence[object]) -> bool:
+def _counted(terms: Sequence[Term], kind: frozenset[str]) -> Counter[str]:
+    return Counter(t.norm for t in terms if t.norm in kind)
+
+
+def _acronym(unmatched: Counter[str], other: Sequence[Term]) -> bool:
     """An unmatched word of one side is the initials of a run of the other side's words."""
-    norms = [getattr(t, "norm", "") for t in other]
+    norms = [t.norm for t in other]
     for word in unmatched:
         if not word.isalpha() or not 2 <= len(word) <= 6:
             continue
@@ -155,6 +155,3 @@ def _closest_spelling(a: set[str], b: set[str], pieces: Callable[[str], int]) ->
     whole_x, whole_y = pieces(best[1]) == 1, pieces(best[2]) == 1
     return best[0], float(whole_x != whole_y), float(not whole_x and not whole_y), float(whole_x and whole_y)
 
-
-def _capitalised(text: str) -> set[str]:
-    return {w.norm for w in words(strip_pleasantries(text)) if w.capitalised}

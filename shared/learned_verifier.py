@@ -12,9 +12,9 @@ with the package; ``training/train_verifier.py`` rebuilds it) reads both texts, 
 combiner network weighs its logit with the embeddings' cosine and the token alignment of the two texts
 (:mod:`thrifty.alignment`: which words only one side has and what kind they are, and whether
 WordNet relates them), where the cross-encoder alone is unsure (a synonym, a moved phrase, an
-acronym written out, a misspelling, an added word, a possessive). The combiner's weights (one per
-feature and a bias) live in ``verifier.json``
-(``training/train_combiner.py`` fits them on pairs the cross-encoder never trained on).
+acronym written out, a misspelling, an added word, a possessive). The combiner's weights (one
+hidden layer of tanh units) live in ``verifier.json`` (``training/train_combiner.py`` fits them on
+pairs the cross-encoder mostly never trained on).
 
 A candidate is accepted when the combined probability that one answer serves both is at least
 ``min_probability`` - calibrated for at most 1% wrong reuse on pairs the model never trained on
@@ -31,6 +31,7 @@ import math
 import os
 import threading
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +64,11 @@ class LearnedVerifier:
                  model_path: Path | None = None, threads: int | None = None) -> None:
         self.rules = rules if rules is not None else RuleVerifier()
         self.model_path = model_path or MODEL_FILE
-        self.min_probability = (min_probability if min_probability is not None
-                                else shipped_threshold(self.model_path.parent / CALIBRATION_FILE.name))
+        self.record_path = self.model_path.parent / CALIBRATION_FILE.name  # threshold and combiner
+        self.min_probability = min_probability if min_probability is not None else shipped_threshold(self.record_path)
         self.threads = threads or min(2, os.cpu_count() or 1)
         self._session: Any = None
         self._tokenizer: Any = None
-        self._combiner: Combiner | None = None
         self._lock = threading.Lock()
 
     runs_a_model = True  # the cache verifies off the event loop
@@ -107,10 +107,9 @@ class LearnedVerifier:
     def combine(self, query: str, candidate: str, similarity: float, pair_probability: float) -> float:
         """The combiner's probability for a pair the cross-encoder gave ``pair_probability``; that
         probability itself when no combiner ships beside the model."""
-        combiner = self._loaded_combiner()
-        if combiner is None:
+        if self.combiner is None:
             return pair_probability
-        return combiner.probability(self.features(query, candidate, similarity, pair_probability))
+        return self.combiner.probability(self.features(query, candidate, similarity, pair_probability))
 
     def features(self, query: str, candidate: str, similarity: float, pair_probability: float) -> list[float]:
         """The combiner's inputs (:data:`thrifty.alignment.FEATURES`) for a pair the cross-encoder
@@ -123,10 +122,11 @@ class LearnedVerifier:
         """How many word pieces the pair model's tokenizer cuts ``word`` into (1: a word it knows whole)."""
         return len(self._loaded()[1].encode(word, add_special_tokens=False).ids)
 
-    def _loaded_combiner(self) -> Combiner | None:
-        if self._combiner is None:
-            self._combiner = Combiner.read(self.model_path.parent / CALIBRATION_FILE.name) or Combiner.NONE
-        return None if self._combiner is Combiner.NONE else self._combiner
+    @cached_property
+    def combiner(self) -> Combiner | None:
+        """The combiner stored beside the model (read once; a file naming other features raises
+        here on every use, so every verdict is a refusal)."""
+        return Combiner.read(self.record_path)
 
     def probabilities(self, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
         """The model's probability, for each (new text, stored text), that one answer serves both
@@ -169,8 +169,6 @@ class Combiner:
     """A small network over :data:`thrifty.alignment.FEATURES` (``verifier.json``'s "combiner"):
     one hidden layer of tanh units, then a logistic output."""
 
-    NONE: Combiner
-
     def __init__(self, hidden_weights: Sequence[Sequence[float]], hidden_bias: Sequence[float],
                  weights: Sequence[float], bias: float) -> None:
         self.hidden_weights = np.asarray(hidden_weights, dtype=np.float64)
@@ -196,9 +194,6 @@ class Combiner:
         if list(record["features"]) != list(FEATURES) or any(len(row) != len(FEATURES) for row in hidden["weights"]):
             raise ValueError(f"{path}: the combiner's features are not thrifty.alignment.FEATURES")
         return cls(hidden["weights"], hidden["bias"], record["weights"], record["bias"])
-
-
-Combiner.NONE = Combiner([[]], [], [], 0.0)
 
 
 def _or_too_long(probability: float | None) -> Verdict | float:

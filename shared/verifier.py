@@ -93,6 +93,7 @@ class Term:
     key: str  # stemmed
     number: str | None
     function: bool
+    capitalised: bool = False  # written with a capital the start of a sentence does not explain
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,8 @@ class RuleVerifier:
             norm in self._function or norm in lex.negations or norm in lex.direction_markers
             or norm.startswith(_QUESTION) or not re.search(r"\w", norm) or norm == "'s"
         )
-        return Term(norm, stem(norm), None, function)
+        # a chat spelling read as another word ("BC" as "because") is no name, whatever its capitals
+        return Term(norm, stem(norm), None, function, w.capitalised and norm == w.norm)
 
     def _merge_phrases(self, tokens: Sequence[Word]) -> list[Word]:
         phrases = self.lexicon.phrases

@@ -1,5 +1,6 @@
-"""The alignment view of a pair: what only one side has, and what kind it is (unit tests of
-thrifty's own feature code; the combiner that weighs them is tested in test_learned_verifier)."""
+"""The alignment view of a pair: what only one side has, and what kind it is, with the pair
+model's real tokenizer and the shipped WordNet file (the combiner that weighs these is tested in
+test_learned_verifier)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,15 @@ from pathlib import Path
 
 import pytest
 from thrifty.alignment import FEATURES, pair_features
+from thrifty.learned_verifier import LearnedVerifier
 from thrifty.verifier import RuleVerifier
 
 RULES = RuleVerifier()
-
-
-def whole_if_common(word: str) -> int:
-    """A stand-in for the tokenizer's word pieces: these words it knows whole, others it cuts."""
-    return 1 if word in {"environment", "python", "create", "virtual", "capital", "paintings"} else 3
+PIECES = LearnedVerifier(rules=RULES).word_pieces  # the pair model's own tokenizer
 
 
 def features(new: str, stored: str) -> dict[str, float]:
-    return dict(zip(FEATURES, pair_features(RULES, whole_if_common, new, stored, 0.9, 2.0), strict=True))
+    return dict(zip(FEATURES, pair_features(RULES, PIECES, new, stored, 0.9, 2.0), strict=True))
 
 
 def test_a_moved_closing_phrase_is_the_same_words_moved_as_one_block() -> None:

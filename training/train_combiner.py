@@ -34,12 +34,13 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from training.train_verifier import CALIBRATION, DATA, OUT, ROOT, SIZES, calibrate, close_others, dev_split
+from training.train_verifier import CALIBRATION, OUT, ROOT, calibrate, dev_split, draw_pairs
 
 SCALE = 0.3  # of the cross-encoder's mix
 MOVED = 1500
@@ -47,6 +48,20 @@ NAME_SWAPS = 1500
 QUALIFIERS = 1200
 CONJUNCTS = 800
 HIDDEN = 16
+
+
+def made(texts: list[str], make: Callable[[str], str | None], count: int,
+         rng: random.Random) -> list[tuple[str, str]]:
+    """Up to ``count`` (text, changed text) pairs, ``make`` tried on every text in ``rng``'s order."""
+    found = [(text, other) for text in rng.sample(texts, len(texts)) if (other := make(text))]
+    return found[:count]
+
+
+def either_way(found: list[tuple[str, str]], label: int, kind: str, rng: random.Random) -> list[Any]:
+    """``found`` as labelled pairs, each in an order ``rng`` draws (the stored text is either side)."""
+    from training.pairs import Pair
+
+    return [Pair(a, b, label, kind) if rng.random() < 0.5 else Pair(b, a, label, kind) for a, b in found]
 
 
 def features(pairs: list[Any], model_path: Path, embedder: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     from thrifty.evaluation import read_pairs
     from thrifty.settings import EmbedderSettings
 
-    from training.pairs import Pair, PairMaker, acronym_pairs, acronyms, held_out_texts, make_pairs, quora_pairs
+    from training.pairs import Pair, acronym_pairs, acronyms
     from training.wordnet import load
 
     started = time.time()
@@ -117,31 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     dev_train, dev_calibration = dev_split()
     rng = random.Random(args.seed)
     wordnet = load(args.wordnet)
-    duplicates = quora_pairs(DATA / "similiar_qqp.json", held_out_texts(DATA / "mock_data.json"))
-    questions = sorted({q for pair in duplicates for q in pair})
-    partner: dict[str, set[str]] = {}
-    for a, b in duplicates:
-        partner.setdefault(a, set()).add(b)
-        partner.setdefault(b, set()).add(a)
-    sizes = {k: int(v * SCALE) for k, v in SIZES.items()}
-    others = close_others(rng.sample(questions, 4 * sizes["quora_close_other"]), partner, embedder,
-                          sizes["quora_close_other"], rng)
-    maker = PairMaker(wordnet, questions, seed=args.seed)
-    dev_texts = [t for p in dev_train for t in (p.a, p.b)]
-    pairs = make_pairs(maker, duplicates, others, sizes, extra_carriers=dev_texts * 5)
-    moved = [(q, m) for q in rng.sample(questions + dev_texts, len(questions) + len(dev_texts))
-             if (m := maker.move_phrase(q))][:MOVED]
-    pairs += [Pair(q, m, 1, "moved") if rng.random() < 0.5 else Pair(m, q, 1, "moved") for q, m in moved]
+    drawn = draw_pairs(wordnet, embedder, rng, args.seed, SCALE, dev_train)
+    pairs, maker, questions = drawn.pairs, drawn.maker, drawn.questions
+    pairs += either_way(made(questions + drawn.dev_texts, maker.move_phrase, MOVED, rng), 1, "moved", rng)
     pairs += acronym_pairs(acronyms(wordnet), questions, rng)
     names = maker.names(questions)
-    swapped = [(q, o) for q in rng.sample(questions, len(questions)) if (o := maker.name_swap(q, names))][:NAME_SWAPS]
-    pairs += [Pair(q, o, 0, "name_swap") if rng.random() < 0.5 else Pair(o, q, 0, "name_swap") for q, o in swapped]
+    pairs += either_way(made(questions, lambda q: maker.name_swap(q, names), NAME_SWAPS, rng), 0, "name_swap", rng)
     adjectives = maker.adjectives()
-    narrowed = [(q, o) for q in rng.sample(questions, len(questions)) if (o := maker.add_qualifier(q, adjectives))]
-    pairs += [Pair(q, o, 0, "qualifier") if rng.random() < 0.5 else Pair(o, q, 0, "qualifier")
-              for q, o in narrowed[:QUALIFIERS]]
-    turned = [(q, o) for q in rng.sample(questions, len(questions)) if (o := maker.swap_conjuncts(q))][:CONJUNCTS]
-    pairs += [Pair(q, o, 1, "conjuncts") for q, o in turned]
+    pairs += either_way(made(questions, lambda q: maker.add_qualifier(q, adjectives), QUALIFIERS, rng), 0,
+                        "qualifier", rng)
+    pairs += [Pair(q, o, 1, "conjuncts") for q, o in made(questions, maker.swap_conjuncts, CONJUNCTS, rng)]
     pairs += [Pair(a, b, p.label, "dev") for p in dev_train for a, b in ((p.a, p.b), (p.b, p.a))]
     print(f"{len(pairs)} pairs: {dict(Counter(p.kind for p in pairs))}")
 

@@ -30,7 +30,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -83,6 +83,37 @@ def close_others(questions: list[str], partner: dict[str, set[str]], embedder: A
         if len(out) >= count:
             break
     return out[:count]
+
+
+class Drawn(NamedTuple):
+    """Pairs drawn for training, and what more kinds can be drawn from."""
+
+    pairs: list[Any]
+    maker: Any  # training.pairs.PairMaker
+    questions: list[str]  # Quora's, less GPTCache's benchmark texts
+    dev_texts: list[str]  # the dev set's training slice
+
+
+def draw_pairs(wordnet: Any, embedder: Any, rng: random.Random, seed: int, scale: float,
+               dev_train: list[Any]) -> Drawn:
+    """Quora's duplicates, close but different Quora questions and the WordNet pair makers' kinds
+    (:data:`SIZES` times ``scale``), drawn with ``rng`` and ``seed`` (the same inputs, the same
+    pairs); the dev set's training slice lends its texts as carriers."""
+    from training.pairs import PairMaker, held_out_texts, make_pairs, quora_pairs
+
+    duplicates = quora_pairs(DATA / "similiar_qqp.json", held_out_texts(DATA / "mock_data.json"))
+    questions = sorted({q for pair in duplicates for q in pair})
+    partner: dict[str, set[str]] = {}
+    for a, b in duplicates:
+        partner.setdefault(a, set()).add(b)
+        partner.setdefault(b, set()).add(a)
+    sizes = {k: int(v * scale) for k, v in SIZES.items()}
+    others = close_others(rng.sample(questions, min(len(questions), 4 * sizes["quora_close_other"])), partner,
+                          embedder, sizes["quora_close_other"], rng)
+    maker = PairMaker(wordnet, questions, seed=seed)
+    dev_texts = [t for p in dev_train for t in (p.a, p.b)]
+    return Drawn(make_pairs(maker, duplicates, others, sizes, extra_carriers=dev_texts * 5), maker, questions,
+                 dev_texts)
 
 
 def train(pairs: list[Any], seed: int, epochs: int, out_dir: Path) -> Path:
@@ -180,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     from thrifty.evaluation import read_pairs
     from thrifty.settings import EmbedderSettings
 
-    from training.pairs import Pair, PairMaker, held_out_texts, make_pairs, quora_pairs
+    from training.pairs import Pair
     from training.wordnet import load
 
     embedder = SentenceTransformerEmbedder(EmbedderSettings(memo_size=100_000))
@@ -195,21 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.wordnet is None:
         parser.error("--wordnet is needed to train (see the module's docstring)")
-    rng = random.Random(args.seed)
-    wordnet = load(args.wordnet)
-    held_out = held_out_texts(DATA / "mock_data.json")
-    duplicates = quora_pairs(DATA / "similiar_qqp.json", held_out)
-    questions = sorted({q for pair in duplicates for q in pair})
-    partner: dict[str, set[str]] = {}
-    for a, b in duplicates:
-        partner.setdefault(a, set()).add(b)
-        partner.setdefault(b, set()).add(a)
-    sizes = {k: int(v * args.scale) for k, v in SIZES.items()}
-    others = close_others(rng.sample(questions, min(len(questions), 4 * sizes["quora_close_other"])), partner,
-                          embedder, sizes["quora_close_other"], rng)
-    maker = PairMaker(wordnet, questions, seed=args.seed)
-    dev_texts = [t for p in dev_train for t in (p.a, p.b)]
-    pairs = make_pairs(maker, duplicates, others, sizes, extra_carriers=dev_texts * 5)
+    drawn = draw_pairs(load(args.wordnet), embedder, random.Random(args.seed), args.seed, args.scale, dev_train)
+    pairs = drawn.pairs
     pairs += [Pair(a, b, p.label, "dev") for p in dev_train for a, b in ((p.a, p.b), (p.b, p.a))] * DEV_REPEATS
     print(f"{len(pairs)} training pairs: {dict(Counter(p.kind for p in pairs))}")
     started = time.time()
